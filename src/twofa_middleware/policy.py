@@ -98,8 +98,7 @@ class PortalPolicy:
         if unknown:
             raise PolicyError(
                 unknown[0],
-                f"unknown policy setting {unknown[0]!r}; allowed settings are "
-                + ", ".join(FIELDS),
+                f"unknown policy setting {unknown[0]!r}; allowed settings are " + ", ".join(FIELDS),
             )
         kwargs: dict[str, Any] = {}
         for name in FIELDS:
@@ -149,26 +148,19 @@ def _check_bool(name: str, value: object) -> None:
 
 def _check_hours(name: str, value: object) -> None:
     # bool is an int subclass: `true` hours is a typo, not a duration.
-    ok = (
-        value is None
-        or (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and value > 0
-        )
+    ok = value is None or (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
     )
     if not ok:
-        raise PolicyError(
-            name, f"{name} must be a positive number of hours or null, got {value!r}"
-        )
+        raise PolicyError(name, f"{name} must be a positive number of hours or null, got {value!r}")
 
 
 def _list_field(name: str, value: object) -> list[Any]:
     if not isinstance(value, list | tuple | set | frozenset):
-        raise PolicyError(
-            name, f"{name} must be a list (an empty list means all), got {value!r}"
-        )
+        raise PolicyError(name, f"{name} must be a list (an empty list means all), got {value!r}")
     return list(value)
 
 
@@ -176,7 +168,7 @@ def _members(enum: type[_E], name: str, values: Iterable[object]) -> list[_E]:
     if isinstance(values, str):
         raise PolicyError(name, f"{name} must be a list, got {values!r}")
     allowed = ", ".join(e.value for e in enum)
-    out: list[E] = []
+    out: list[_E] = []
     for v in values:
         if not isinstance(v, str) or v not in enum._value2member_map_:
             raise PolicyError(
