@@ -1,0 +1,17 @@
+"""Verification state and secrets: the ``StateStore`` protocol and its two backends."""
+
+from __future__ import annotations
+
+from .base import CounterState, StateStore, StoredCode, TotpRecord, UserTrust
+from .memory import MemoryStore
+from .redis import RedisStore
+
+__all__ = [
+    "CounterState",
+    "MemoryStore",
+    "RedisStore",
+    "StateStore",
+    "StoredCode",
+    "TotpRecord",
+    "UserTrust",
+]

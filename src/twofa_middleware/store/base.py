@@ -106,9 +106,7 @@ class StateStore(Protocol):
         """Atomically delete the code if its digest is ``digest``; True for one caller only."""
         ...
 
-    async def set_recovery_codes(
-        self, portal: str, user: str, digests: Sequence[bytes]
-    ) -> None:
+    async def set_recovery_codes(self, portal: str, user: str, digests: Sequence[bytes]) -> None:
         """Replace the user's recovery codes."""
         ...
 

@@ -1,0 +1,789 @@
+"""The gate and the challenge flow, free of any web framework.
+
+``TwoFactor.process`` takes a framework-free ``Request`` and the identity the
+adapter resolved, and answers either "pass" (with the decision, for the app) or
+a ``Response`` to send instead. Adapters hold no policy logic: they translate
+their world to a ``Request`` and a ``Response`` back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import quote
+
+import segno
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from . import audit
+from .clientip import ClientIPResolver
+from .crypto import Keyring
+from .decision import Decision, Identity, VerificationState, decide, needs_state
+from .errors import ConfigurationError, StoreError
+from .http import BadRequest, Request, Response
+from .keys import ip_tag, user_tag
+from .methods.base import MethodStatus, Outcome, SecondFactor, Subject
+from .methods.oob import OutOfBandCode, Sender
+from .methods.recovery import RecoveryCodes
+from .methods.totp import Totp
+from .policy import Method, PortalPolicy
+from .portals import PortalResolver
+from .settings.base import SettingsProvider
+from .store.base import StateStore
+from .templates import PAGE_HEADERS, Pages
+
+log = logging.getLogger("twofa_middleware")
+
+DAY: Final = 86400.0
+# Trust records outlive the durations that use them, so an expiry reads as
+# reauth_due / ip_expired rather than new_device / new_ip.
+RETENTION_MARGIN: Final = DAY
+# When a duration is "never", records are still dropped after this long unused.
+MAX_RETENTION: Final = 400 * DAY
+CSRF_MAX_AGE: Final = 3600
+FAIL_COUNTER: Final = "fail"
+
+
+@dataclass(frozen=True, slots=True)
+class TwoFactorInfo:
+    """What the app finds in ``scope["twofa"]`` (or the WSGI environ)."""
+
+    portal: str | None
+    decision: Decision | None
+    identity: Identity | None
+
+
+@dataclass(frozen=True, slots=True)
+class Passed:
+    info: TwoFactorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    response: Response
+    # Set for a challenge, so a WebSocket adapter can refuse with the right code.
+    decision: Decision | None = None
+
+
+Result = Passed | Respond
+ANONYMOUS = TwoFactorInfo(None, None, None)
+
+
+@dataclass(slots=True)
+class _Ctx:
+    """One request's resolved facts, for the endpoint handlers."""
+
+    request: Request
+    portal: str
+    identity: Identity
+    policy: PortalPolicy
+    now: float
+    ip: str | None
+    device_token: str | None
+    device: str | None  # the digest of device_token, as stored
+
+    def subject(self, portal_name: str) -> Subject:
+        return Subject(self.portal, portal_name, self.identity, self.policy, self.now)
+
+
+Handler = Callable[["TwoFactor", _Ctx], Awaitable[Response]]
+
+
+def safe_next(value: str | None) -> str:
+    """``next`` only as a same-site relative path; anything else becomes ``/``."""
+    if (
+        not value
+        or not value.startswith("/")
+        or value.startswith(("//", "/\\"))
+        or "\\" in value
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
+        return "/"
+    return value
+
+
+def retention_seconds(policy: PortalPolicy) -> float:
+    durations = (policy.reauth_seconds, policy.ip_verification_seconds)
+    if any(d is None for d in durations):
+        return MAX_RETENTION
+    return min(MAX_RETENTION, max(d for d in durations if d is not None) + RETENTION_MARGIN)
+
+
+class TwoFactor:
+    """The core every adapter drives. Everything computable once is done here."""
+
+    def __init__(
+        self,
+        *,
+        settings: SettingsProvider,
+        store: StateStore,
+        secret_key: str | bytes,
+        portal_resolver: PortalResolver,
+        email_sender: Sender | None = None,
+        sms_sender: Sender | None = None,
+        prefix: str = "/_2fa",
+        exempt_paths: Iterable[str] = (),
+        client_ip: ClientIPResolver | None = None,
+        portal_names: Mapping[str, str] | None = None,
+        template_dirs: Iterable[str] = (),
+        clock: Callable[[], float] = time.time,
+        max_failures: int = 5,
+        failure_window: float = 900.0,
+        ip_max_failures: int = 50,
+        send_cooldown: float = 30.0,
+        max_sends_per_hour: int = 10,
+        code_ttl: float = 300.0,
+        code_digits: int = 6,
+        totp_window: int = 1,
+        issuer: str = "twofa",
+    ) -> None:
+        self.prefix = _check_prefix(prefix)
+        self.settings = settings
+        self.store = store
+        self.keyring = Keyring(secret_key)
+        self.resolve_portal = portal_resolver
+        self.client_ip = client_ip or ClientIPResolver()
+        self.portal_names = dict(portal_names or {})
+        self.pages = Pages(list(template_dirs))
+        self.clock = clock
+        if not 1 <= max_failures <= 100:
+            raise ConfigurationError(f"max_failures must be between 1 and 100, got {max_failures}")
+        self.max_failures = max_failures
+        self.failure_window = failure_window
+        self.ip_max_failures = ip_max_failures
+        self.send_cooldown = send_cooldown
+        self.max_sends_per_hour = max_sends_per_hour
+        self.signer = URLSafeTimedSerializer(self.keyring.signing_key)
+
+        self.totp = Totp(store, self.keyring, issuer=issuer, window=totp_window)
+        self.recovery = RecoveryCodes(store, self.keyring)
+        self.senders: dict[str, OutOfBandCode] = {}
+        if email_sender is not None:
+            self.senders["email"] = OutOfBandCode(
+                Method.EMAIL,
+                email_sender,
+                lambda i: i.email,
+                store,
+                self.keyring,
+                digits=code_digits,
+                ttl_seconds=code_ttl,
+            )
+        if sms_sender is not None:
+            self.senders["sms"] = OutOfBandCode(
+                Method.SMS,
+                sms_sender,
+                lambda i: i.phone,
+                store,
+                self.keyring,
+                digits=code_digits,
+                ttl_seconds=code_ttl,
+            )
+        self.methods: dict[str, SecondFactor] = {
+            **self.senders,
+            "totp": self.totp,
+            "recovery": self.recovery,
+        }
+
+        p = self.prefix
+        routes: dict[tuple[str, str], Handler] = {
+            ("GET", f"{p}/challenge"): TwoFactor._challenge,
+            ("GET", f"{p}/enroll/totp"): TwoFactor._enroll_page,
+            ("POST", f"{p}/enroll/totp"): TwoFactor._enroll,
+            ("GET", f"{p}/recovery"): TwoFactor._recovery_page,
+            ("POST", f"{p}/recovery"): TwoFactor._recovery_regenerate,
+        }
+        for name in ("email", "sms"):
+            routes[("POST", f"{p}/challenge/{name}/send")] = TwoFactor._send
+        for name in ("email", "sms", "totp", "recovery"):
+            routes[("POST", f"{p}/challenge/{name}/verify")] = TwoFactor._verify
+        self.routes = routes
+        self.endpoint_paths = frozenset(path for _, path in routes)
+        exempt = tuple(exempt_paths)
+        # "/static/" (trailing slash) exempts a subtree; anything else one exact path.
+        self.exempt_exact = frozenset(p for p in exempt if not p.endswith("/"))
+        self.exempt_prefixes = tuple(p for p in exempt if p.endswith("/"))
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    # --- lifecycle -------------------------------------------------------
+    async def start(self) -> None:
+        async with self._start_lock:
+            if not self._started:
+                await self.settings.start()
+                self._started = True
+
+    async def close(self) -> None:
+        for sender in self.senders.values():
+            await sender.drain()
+        await self.settings.close()
+        await self.store.close()
+        self._started = False
+
+    # --- the gate ----------------------------------------------------------
+    def is_exempt(self, path: str) -> bool:
+        if path in self.exempt_exact:
+            return True
+        # Prefix exemptions (static files) only for already-normalised paths, so
+        # "/static/../admin" is not exempt.
+        return (
+            bool(self.exempt_prefixes)
+            and path.startswith(self.exempt_prefixes)
+            and (_is_normalised(path))
+        )
+
+    async def process(self, request: Request, identity: Identity | None) -> Result:
+        """Pass the request on, or answer it (challenge, endpoint, error)."""
+        if not self._started:
+            await self.start()
+        if request.path in self.endpoint_paths or request.path.startswith(self.prefix + "/"):
+            return Respond(await self._endpoint(request, identity))
+        if self.is_exempt(request.path) or identity is None:
+            return Passed(ANONYMOUS if identity is None else TwoFactorInfo(None, None, identity))
+        try:
+            ctx_or_response = await self._context(request, identity)
+            if isinstance(ctx_or_response, Response):
+                return Respond(ctx_or_response)
+            ctx = ctx_or_response
+            decision = await self._decide(ctx)
+        except StoreError:
+            log.warning("store unavailable: failing closed", exc_info=True)
+            return Respond(self._unavailable(request))
+        if decision.passed:
+            return Passed(TwoFactorInfo(ctx.portal, decision, identity))
+        audit.emit(
+            "challenge", portal=ctx.portal, user=identity.id, reason=decision.reason, ip=ctx.ip
+        )
+        return Respond(self._challenge_response(request, decision), decision)
+
+    async def _context(self, request: Request, identity: Identity) -> _Ctx | Response:
+        try:
+            portal = self.resolve_portal(request)
+        except Exception:
+            log.exception("portal resolver failed")
+            portal = None
+        if portal is None:
+            return self._error(request, 400, "unknown_portal", "This site is not configured.")
+        if identity.portal is not None and identity.portal != portal:
+            return self._error(
+                request, 403, "wrong_portal", "Your account does not belong to this portal."
+            )
+        policy = await self.settings.get_policy(portal)
+        ip = self.client_ip.key(self.client_ip.resolve(request.client_ip))
+        token = self._device_token(request, portal, identity.id, policy)
+        device = (
+            None
+            if token is None
+            else self.keyring.digest("device", portal, identity.id, token).hex()
+        )
+        return _Ctx(request, portal, identity, policy, self.clock(), ip, token, device)
+
+    async def _decide(self, ctx: _Ctx, policy: PortalPolicy | None = None) -> Decision:
+        policy = policy or ctx.policy
+        state = VerificationState()
+        if needs_state(policy, ctx.identity):
+            state = await self.store.read_state(ctx.portal, ctx.identity.id, ctx.device, ctx.ip)
+        return decide(policy, ctx.identity, ctx.device, ctx.ip, ctx.now, state)
+
+    async def _fresh(self, ctx: _Ctx) -> bool:
+        """Whether the user holds a current second factor, whatever the portal enforces."""
+        strict = ctx.policy.replace(enforce=True, groups=[])
+        return (await self._decide(ctx, strict)).passed
+
+    def _challenge_response(self, request: Request, decision: Decision) -> Response:
+        target = request.path + (
+            "?" + request.query_string.decode("latin-1") if request.query_string else ""
+        )
+        url = f"{self.prefix}/challenge?next={quote(safe_next(target), safe='')}"
+        if request.method in ("GET", "HEAD") and not request.wants_json:
+            response = Response.redirect(url)
+        else:
+            response = Response.json(
+                401,
+                {
+                    "error": "two_factor_required",
+                    "reason": decision.reason.value,
+                    "challenge_url": url,
+                },
+            )
+        response.headers.append(("cache-control", "no-store"))
+        return response
+
+    # --- cookies and tokens ------------------------------------------------
+    def _cookie_name(self, request: Request, portal: str) -> str:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in portal)
+        name = f"twofa_device_{safe}"
+        return "__Host-" + name if request.secure else name
+
+    def _device_token(
+        self, request: Request, portal: str, user: str, policy: PortalPolicy
+    ) -> str | None:
+        raw = request.cookies.get(self._cookie_name(request, portal))
+        if not raw:
+            return None
+        try:
+            max_age = int(retention_seconds(policy))
+            data = self.signer.loads(raw, salt="twofa.device", max_age=max_age)
+        except BadSignature:
+            return None
+        # Bound to user and portal: a cookie of another user or portal is no device.
+        if not (
+            isinstance(data, list)
+            and len(data) == 3
+            and data[0] == portal
+            and data[1] == user
+            and isinstance(data[2], str)
+        ):
+            return None
+        return data[2]
+
+    def _device_cookie(self, ctx: _Ctx, token: str) -> str:
+        value = self.signer.dumps([ctx.portal, ctx.identity.id, token], salt="twofa.device")
+        max_age = int(retention_seconds(ctx.policy))
+        cookie = (
+            f"{self._cookie_name(ctx.request, ctx.portal)}={value}; Max-Age={max_age}; "
+            "Path=/; HttpOnly; SameSite=Lax"
+        )
+        return cookie + "; Secure" if ctx.request.secure else cookie
+
+    def _csrf_token(self, ctx: _Ctx) -> str:
+        return str(self.signer.dumps([ctx.portal, ctx.identity.id], salt="twofa.csrf"))
+
+    def _csrf_ok(self, ctx: _Ctx, form: Mapping[str, str]) -> bool:
+        request = ctx.request
+        if request.is_json_body:
+            # JSON cannot be posted cross-site without a CORS preflight; still refuse a
+            # foreign Origin outright.
+            origin = request.header("origin")
+            host = request.header("host")
+            site = request.header("sec-fetch-site")
+            if origin and origin not in (f"http://{host}", f"https://{host}"):
+                return False
+            return site in ("", "same-origin", "none")
+        try:
+            data = self.signer.loads(
+                form.get("csrf_token", ""), salt="twofa.csrf", max_age=CSRF_MAX_AGE
+            )
+        except BadSignature:
+            return False
+        return bool(data == [ctx.portal, ctx.identity.id])
+
+    # --- endpoints ---------------------------------------------------------
+    async def _endpoint(self, request: Request, identity: Identity | None) -> Response:
+        handler = self.routes.get((request.method, request.path))
+        if handler is None:
+            if request.path in self.endpoint_paths:
+                response = self._error(request, 405, "method_not_allowed", "Method not allowed.")
+                response.headers.append(
+                    ("allow", ", ".join(sorted(m for m, p in self.routes if p == request.path)))
+                )
+                return response
+            return self._error(request, 404, "not_found", "Not found.")
+        if identity is None:
+            return self._error(request, 401, "not_authenticated", "Please sign in first.")
+        try:
+            ctx = await self._context(request, identity)
+            if isinstance(ctx, Response):
+                return ctx
+            return await handler(self, ctx)
+        except BadRequest as exc:
+            return self._error(request, 400, "bad_request", str(exc))
+        except StoreError:
+            log.warning("store unavailable: failing closed", exc_info=True)
+            return self._unavailable(request)
+        except Exception:
+            log.exception("2FA endpoint failed")
+            return self._error(request, 500, "internal_error", "Something went wrong.")
+
+    def _portal_name(self, portal: str) -> str:
+        return self.portal_names.get(portal) or portal.replace("-", " ").title()
+
+    async def _statuses(self, ctx: _Ctx) -> list[MethodStatus]:
+        subject = ctx.subject(self._portal_name(ctx.portal))
+        out = []
+        for method in self.methods.values():
+            status = await method.status(subject)
+            if status is not None:
+                out.append(status)
+        return out
+
+    async def _challenge(self, ctx: _Ctx) -> Response:
+        decision = await self._decide(ctx)
+        statuses = await self._statuses(ctx)
+        nxt = safe_next(_query_one(ctx.request, "next"))
+        if ctx.request.wants_json:
+            return _no_store(
+                Response.json(
+                    200,
+                    {
+                        "reason": decision.reason.value,
+                        "verified": decision.passed,
+                        "methods": [{"name": s.name, "enrolled": s.enrolled} for s in statuses],
+                        "next": nxt,
+                    },
+                )
+            )
+        return self.pages.render(
+            200,
+            "challenge.html",
+            portal_name=self._portal_name(ctx.portal),
+            prefix=self.prefix,
+            reason=decision.reason.value,
+            verified=decision.passed,
+            methods=statuses,
+            next=nxt,
+            csrf_token=self._csrf_token(ctx),
+            notice=_query_one(ctx.request, "sent"),
+            error=None,
+        )
+
+    async def _form(self, ctx: _Ctx) -> dict[str, str] | Response:
+        # One request is one guess: the code may not also ride in the query string.
+        if any(k == "code" for k, _ in ctx.request.query):
+            raise BadRequest("send the code in the body only")
+        form = ctx.request.form()
+        if not self._csrf_ok(ctx, form):
+            return self._error(
+                ctx.request,
+                403,
+                "csrf_failed",
+                "The form expired or came from another site. Go back and retry.",
+            )
+        return form
+
+    def _method_from_path(self, ctx: _Ctx) -> str:
+        return ctx.request.path[len(self.prefix) + len("/challenge/") :].split("/", 1)[0]
+
+    async def _send(self, ctx: _Ctx) -> Response:
+        form = await self._form(ctx)
+        if isinstance(form, Response):
+            return form
+        name = self._method_from_path(ctx)
+        sender = self.senders.get(name)
+        subject = ctx.subject(self._portal_name(ctx.portal))
+        if sender is None or await sender.status(subject) is None:
+            return self._error(
+                ctx.request, 403, "method_not_allowed", "This method is not available to you."
+            )
+        tag = user_tag(ctx.portal, ctx.identity.id)
+        wait = await self.store.claim(tag, f"send:{name}", self.send_cooldown)
+        hourly = await self.store.hit(tag, "sends", 3600) if not wait else None
+        if wait or (hourly is not None and hourly.count > self.max_sends_per_hour):
+            retry = wait or (hourly.resets_in if hourly else self.send_cooldown)
+            return self._too_many(ctx.request, retry, "Please wait before asking for another code.")
+        await sender.send(subject)
+        audit.emit("code_sent", portal=ctx.portal, user=ctx.identity.id, method=name, ip=ctx.ip)
+        nxt = safe_next(form.get("next"))
+        if ctx.request.wants_json:
+            return _no_store(
+                Response.json(200, {"sent": True, "method": name, "expires_in": int(sender.ttl)})
+            )
+        return _no_store(
+            Response.redirect(f"{self.prefix}/challenge?next={quote(nxt, safe='')}&sent={name}")
+        )
+
+    async def _reserve_attempt(self, ctx: _Ctx) -> Response | None:
+        """Count the attempt BEFORE the code is looked at; refuse when over budget.
+
+        Refused attempts look the same whether the code would have been right.
+        """
+        user = await self.store.hit(
+            user_tag(ctx.portal, ctx.identity.id), FAIL_COUNTER, self.failure_window
+        )
+        by_ip = None
+        if ctx.ip is not None:
+            by_ip = await self.store.hit(
+                ip_tag(ctx.portal, ctx.ip), FAIL_COUNTER, self.failure_window
+            )
+        over_user = user.count > self.max_failures
+        over_ip = by_ip is not None and by_ip.count > self.ip_max_failures
+        if not (over_user or over_ip):
+            return None
+        if user.count == self.max_failures + 1:
+            audit.emit("lockout", portal=ctx.portal, user=ctx.identity.id, ip=ctx.ip)
+        retry = max(
+            user.resets_in if over_user else 0.0,
+            by_ip.resets_in if over_ip and by_ip is not None else 0.0,
+        )
+        return self._too_many(ctx.request, retry, "Too many attempts. Try again later.")
+
+    async def _verify(self, ctx: _Ctx) -> Response:
+        form = await self._form(ctx)
+        if isinstance(form, Response):
+            return form
+        name = self._method_from_path(ctx)
+        method = self.methods.get(name)
+        subject = ctx.subject(self._portal_name(ctx.portal))
+        status = None if method is None else await method.status(subject)
+        if method is None or status is None or not status.enrolled:
+            return self._error(
+                ctx.request, 403, "method_not_allowed", "This method is not available to you."
+            )
+        refused = await self._reserve_attempt(ctx)
+        if refused is not None:
+            return refused
+        outcome = await method.verify(subject, form.get("code", ""))
+        nxt = safe_next(form.get("next"))
+        if outcome is not Outcome.OK:
+            if outcome is Outcome.REPLAY:
+                audit.emit(
+                    "totp_replay_rejected", portal=ctx.portal, user=ctx.identity.id, ip=ctx.ip
+                )
+            audit.emit(
+                "verification_failed",
+                portal=ctx.portal,
+                user=ctx.identity.id,
+                method=name,
+                ip=ctx.ip,
+            )
+            return await self._wrong_code(ctx, statuses=None, nxt=nxt)
+        return await self._verified(ctx, name, nxt)
+
+    async def _wrong_code(
+        self, ctx: _Ctx, *, statuses: list[MethodStatus] | None, nxt: str
+    ) -> Response:
+        left = (
+            self.max_failures
+            - (await self.store.peek(user_tag(ctx.portal, ctx.identity.id), FAIL_COUNTER)).count
+        )
+        message = "That code is not valid."
+        if ctx.request.wants_json:
+            return _no_store(
+                Response.json(
+                    400,
+                    {"error": "invalid_code", "message": message, "attempts_left": max(0, left)},
+                )
+            )
+        decision = await self._decide(ctx)
+        return self.pages.render(
+            400,
+            "challenge.html",
+            portal_name=self._portal_name(ctx.portal),
+            prefix=self.prefix,
+            reason=decision.reason.value,
+            verified=decision.passed,
+            methods=statuses if statuses is not None else await self._statuses(ctx),
+            next=nxt,
+            csrf_token=self._csrf_token(ctx),
+            notice=None,
+            error=f"{message} Attempts left: {max(0, left)}.",
+        )
+
+    async def _verified(
+        self, ctx: _Ctx, method: str, nxt: str, extra: Mapping[str, Any] | None = None
+    ) -> Response:
+        """Record the verification and hand the browser its device cookie."""
+        await self.store.reset(user_tag(ctx.portal, ctx.identity.id), FAIL_COUNTER)
+        token = ctx.device_token or secrets.token_urlsafe(24)  # 192 bits
+        device = self.keyring.digest("device", ctx.portal, ctx.identity.id, token).hex()
+        await self.store.record_verification(
+            ctx.portal, ctx.identity.id, device, ctx.ip, ctx.now, retention_seconds(ctx.policy)
+        )
+        audit.emit("verified", portal=ctx.portal, user=ctx.identity.id, method=method, ip=ctx.ip)
+        if extra is not None and not ctx.request.wants_json:
+            response = self.pages.render(
+                200,
+                "recovery.html",
+                portal_name=self._portal_name(ctx.portal),
+                prefix=self.prefix,
+                codes=extra["recovery_codes"],
+                remaining=len(extra["recovery_codes"]),
+                next=nxt,
+                csrf_token=self._csrf_token(ctx),
+            )
+        elif ctx.request.wants_json:
+            response = Response.json(200, {"verified": True, "next": nxt, **(extra or {})})
+        else:
+            response = Response.redirect(nxt)
+        response.headers.append(("set-cookie", self._device_cookie(ctx, token)))
+        response.headers.append(("vary", "Cookie"))
+        return _no_store(response)
+
+    async def _enroll_allowed(self, ctx: _Ctx) -> bool:
+        """Nothing enrolled yet: right after password login. Otherwise a current factor."""
+        if Method.TOTP not in ctx.policy.allowed_methods:
+            return False
+        subject = ctx.subject(self._portal_name(ctx.portal))
+        return not await self.totp.enrolled(subject) or await self._fresh(ctx)
+
+    async def _enroll_page(self, ctx: _Ctx) -> Response:
+        allowed = await self._enroll_allowed(ctx)
+        nxt = safe_next(_query_one(ctx.request, "next"))
+        if ctx.request.wants_json:
+            return _no_store(Response.json(200 if allowed else 403, {"allowed": allowed}))
+        if not allowed:
+            return self._forbidden_enrollment(ctx.request)
+        return self.pages.render(
+            200,
+            "enroll_totp.html",
+            portal_name=self._portal_name(ctx.portal),
+            prefix=self.prefix,
+            secret=None,
+            uri=None,
+            qr_svg=None,
+            next=nxt,
+            csrf_token=self._csrf_token(ctx),
+            error=None,
+        )
+
+    def _forbidden_enrollment(self, request: Request) -> Response:
+        return self._error(
+            request,
+            403,
+            "enrollment_not_allowed",
+            "Verify with your current second factor before enrolling a new one.",
+        )
+
+    async def _enroll(self, ctx: _Ctx) -> Response:
+        form = await self._form(ctx)
+        if isinstance(form, Response):
+            return form
+        if not await self._enroll_allowed(ctx):
+            return self._forbidden_enrollment(ctx.request)
+        subject = ctx.subject(self._portal_name(ctx.portal))
+        nxt = safe_next(form.get("next"))
+        if "code" not in form:
+            account = ctx.identity.email or ctx.identity.id
+            secret, uri = await self.totp.start_enrollment(subject, account)
+            audit.emit(
+                "enrollment_started",
+                portal=ctx.portal,
+                user=ctx.identity.id,
+                method="totp",
+                ip=ctx.ip,
+            )
+            if ctx.request.wants_json:
+                return _no_store(Response.json(200, {"secret": secret, "otpauth_uri": uri}))
+            svg = segno.make(uri, error="m").svg_inline(scale=5, dark="#111", light="#fff")
+            return self.pages.render(
+                200,
+                "enroll_totp.html",
+                portal_name=self._portal_name(ctx.portal),
+                prefix=self.prefix,
+                secret=secret,
+                uri=uri,
+                qr_svg=svg,
+                next=nxt,
+                csrf_token=self._csrf_token(ctx),
+                error=None,
+            )
+        refused = await self._reserve_attempt(ctx)
+        if refused is not None:
+            return refused
+        outcome = await self.totp.confirm_enrollment(subject, form["code"])
+        if outcome is not Outcome.OK:
+            audit.emit(
+                "verification_failed",
+                portal=ctx.portal,
+                user=ctx.identity.id,
+                method="totp_enrollment",
+                ip=ctx.ip,
+            )
+            if ctx.request.wants_json:
+                return await self._wrong_code(ctx, statuses=None, nxt=nxt)
+            return self.pages.render(
+                400,
+                "enroll_totp.html",
+                portal_name=self._portal_name(ctx.portal),
+                prefix=self.prefix,
+                secret=None,
+                uri=None,
+                qr_svg=None,
+                next=nxt,
+                csrf_token=self._csrf_token(ctx),
+                error="That code is not valid. Start again.",
+            )
+        codes = await self.recovery.regenerate(subject)
+        audit.emit("enrolled", portal=ctx.portal, user=ctx.identity.id, method="totp", ip=ctx.ip)
+        # Confirming an enrollment counts as a verification.
+        return await self._verified(ctx, "totp", nxt, {"recovery_codes": codes})
+
+    async def _recovery_page(self, ctx: _Ctx) -> Response:
+        if not await self._fresh(ctx):
+            return self._forbidden_enrollment(ctx.request)
+        count = await self.store.count_recovery_codes(ctx.portal, ctx.identity.id)
+        if ctx.request.wants_json:
+            return _no_store(Response.json(200, {"remaining": count}))
+        return self.pages.render(
+            200,
+            "recovery.html",
+            portal_name=self._portal_name(ctx.portal),
+            prefix=self.prefix,
+            codes=None,
+            remaining=count,
+            next="/",
+            csrf_token=self._csrf_token(ctx),
+        )
+
+    async def _recovery_regenerate(self, ctx: _Ctx) -> Response:
+        form = await self._form(ctx)
+        if isinstance(form, Response):
+            return form
+        subject = ctx.subject(self._portal_name(ctx.portal))
+        if not await self._fresh(ctx) or not await self.totp.enrolled(subject):
+            return self._forbidden_enrollment(ctx.request)
+        codes = await self.recovery.regenerate(subject)
+        audit.emit("recovery_codes_regenerated", portal=ctx.portal, user=ctx.identity.id, ip=ctx.ip)
+        if ctx.request.wants_json:
+            return _no_store(Response.json(200, {"recovery_codes": codes}))
+        return self.pages.render(
+            200,
+            "recovery.html",
+            portal_name=self._portal_name(ctx.portal),
+            prefix=self.prefix,
+            codes=codes,
+            remaining=len(codes),
+            next=safe_next(form.get("next")),
+            csrf_token=self._csrf_token(ctx),
+        )
+
+    # --- error answers -----------------------------------------------------
+    def _error(self, request: Request, status: int, error: str, message: str) -> Response:
+        if request.wants_json:
+            return _no_store(Response.json(status, {"error": error, "message": message}))
+        return self.pages.render(
+            status, "message.html", title=message, message=message, prefix=self.prefix
+        )
+
+    def _too_many(self, request: Request, retry_after: float, message: str) -> Response:
+        response = self._error(request, 429, "too_many_attempts", message)
+        response.headers.append(("retry-after", str(max(1, math.ceil(retry_after)))))
+        return response
+
+    def _unavailable(self, request: Request) -> Response:
+        response = self._error(
+            request,
+            503,
+            "unavailable",
+            "Sign-in verification is temporarily unavailable. Please try again in a moment.",
+        )
+        response.headers.append(("retry-after", "5"))
+        return response
+
+
+def _no_store(response: Response) -> Response:
+    response.headers.extend(h for h in PAGE_HEADERS if h[0] == "cache-control")
+    return response
+
+
+def _query_one(request: Request, name: str) -> str | None:
+    values = [v for k, v in request.query if k == name]
+    return values[0] if len(values) == 1 else None
+
+
+def _is_normalised(path: str) -> bool:
+    parts = path.split("/")
+    return "//" not in path and ".." not in parts and "." not in parts and ";" not in path
+
+
+def _check_prefix(prefix: str) -> str:
+    if not prefix.startswith("/") or prefix.endswith("/") or not _is_normalised(prefix):
+        raise ConfigurationError(
+            f"prefix must be an absolute path without a trailing slash, like /_2fa; got {prefix!r}"
+        )
+    return prefix
