@@ -17,6 +17,7 @@ import secrets
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
@@ -167,7 +168,8 @@ def _secret_key(environ: Mapping[str, str]) -> str:
     return secrets.token_urlsafe(48)
 
 
-def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
+def create_app(environ: Mapping[str, str] | None = None, **core_options: Any) -> Starlette:
+    """The demo app; ``core_options`` override parts of the core (tests inject a clock)."""
     env = dict(os.environ if environ is None else environ)
     env["TWOFA_SECRET_KEY"] = _secret_key(env)
     if "TWOFA_PORTALS" not in env and "TWOFA_PORTALS_FILE" not in env:
@@ -188,6 +190,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Starlette:
             portal_names=PORTALS,
             exempt_paths=["/login", "/logout", "/health"],
             allow_memory_store=True,
+            **core_options,
         ),
     ]
     routes = [

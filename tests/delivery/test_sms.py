@@ -10,7 +10,7 @@ import socket
 import httpx
 import pytest
 
-from tests.delivery.conftest import Gateway
+from tests.support.sms_gateway import Gateway
 from tests.support.smtp_server import LocalCA, free_port
 from twofa_middleware.delivery import (
     CodeMessage,
