@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.redis_server import RedisServer
+from twofa_middleware import audit
 
 
 @pytest.fixture(scope="session")
@@ -23,5 +24,8 @@ def redis_url(redis_server: RedisServer) -> str:
     """A clean database on the session's redis-server (restarted if a test stopped it)."""
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()
+    # Audit events of an earlier test are written by a background thread: let them
+    # land before the flush, not in the middle of this test.
+    audit.flush(timeout=5.0)
     redis_server.flushall()
     return redis_server.url

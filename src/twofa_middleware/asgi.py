@@ -98,7 +98,7 @@ class TwoFactorMiddleware:
         if root and not path.startswith(root):
             path = root + path
         raw = scope.get("raw_path") or b""
-        if any(sep in raw for sep in _ENCODED_SEPARATORS):
+        if b"%" in raw and any(sep in raw for sep in _ENCODED_SEPARATORS):
             # "/_2fa%2fchallenge" must not reach our endpoints or exemptions as if
             # it were "/_2fa/challenge": keep the encoded form so it matches nothing.
             path = raw.decode("latin-1")

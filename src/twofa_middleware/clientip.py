@@ -8,6 +8,7 @@ compared by a network prefix (default /64, since one host usually owns a /64).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _MIN_PREFIX = {4: 8, 6: 32}
 
 
+# Pure, and called on every gated request with the same few peers: memoised
+# (addresses are immutable values, safe to share).
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str | None) -> IPAddress | None:
     """A canonical address, or None for anything unparseable (never a match)."""
     if not text:
@@ -93,9 +97,11 @@ class ClientIPResolver:
 
     def key(self, addr: IPAddress | None) -> str | None:
         """The string under which trust in ``addr`` is stored (IPv6 by prefix)."""
-        if addr is None:
-            return None
-        if isinstance(addr, ipaddress.IPv6Address):
-            net = ipaddress.IPv6Network((addr, self.ipv6_prefix), strict=False)
-            return str(net)
-        return str(addr)
+        return None if addr is None else _key(addr, self.ipv6_prefix)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key(addr: IPAddress, ipv6_prefix: int) -> str:
+    if isinstance(addr, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((addr, ipv6_prefix), strict=False))
+    return str(addr)

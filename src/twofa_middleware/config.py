@@ -9,15 +9,20 @@
 | TWOFA_SMS_WEBHOOK_URL | SMS delivery by JSON webhook (else printed to the console) |
 | TWOFA_TRUSTED_PROXIES | comma-separated proxy addresses/networks allowed to set X-Forwarded-For |
 | TWOFA_PREFIX | where the endpoints are mounted (default /_2fa) |
+| TWOFA_NEAR_CACHE | "0" turns off the in-process cache of verification state (default on) |
+
+With TWOFA_REDIS_URL, audit events are also kept in a capped Redis stream per portal.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from . import audit
 from .clientip import ClientIPResolver, parse_trusted_proxies
 from .delivery.email import ConsoleEmailSender, SmtpEmailSender
 from .delivery.sms import ConsoleSmsSender, WebhookSmsSender
@@ -28,6 +33,7 @@ from .settings.base import SettingsProvider
 from .settings.environment import PORTALS_FILE_VAR, PORTALS_VAR, EnvironmentSettings
 from .settings.redis import RedisSettings
 from .store.base import StateStore
+from .store.cached import CachedStore
 from .store.memory import MemoryStore
 from .store.redis import RedisStore
 
@@ -59,6 +65,9 @@ def core_from_env(
     if store is None:
         if redis_url:
             store = RedisStore.from_url(redis_url)
+            if _flag(env, "TWOFA_NEAR_CACHE", default=True):
+                # The timestamps it keeps are compared with the core's clock.
+                store = CachedStore(store, clock=overrides.get("clock", time.time))
         elif allow_memory_store:
             store = MemoryStore()
         else:
@@ -86,4 +95,19 @@ def core_from_env(
     if "prefix" not in overrides and env.get("TWOFA_PREFIX"):
         overrides["prefix"] = env["TWOFA_PREFIX"]
     overrides.setdefault("portal_resolver", single_portal("default"))
+    if redis_url:
+        # Audit events also go to a capped stream per portal (`twofa audit tail`),
+        # written from a background thread: the request path only queues them.
+        audit.RedisAuditStream.shared(redis_url)
     return TwoFactor(settings=settings, store=store, secret_key=secret, **overrides)
+
+
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be 1 or 0 (true/false), got {raw!r}")

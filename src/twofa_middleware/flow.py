@@ -16,12 +16,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import segno
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from . import audit
+from .admin_page import AdminPage, WritableSettings
 from .clientip import ClientIPResolver
 from .crypto import Keyring
 from .decision import Decision, Identity, VerificationState, decide, needs_state
@@ -34,9 +35,9 @@ from .methods.recovery import RecoveryCodes
 from .methods.totp import Totp
 from .policy import Method, PortalPolicy
 from .portals import PortalResolver
-from .settings.base import SettingsProvider
+from .settings.base import RevocationSource, SettingsProvider, drop_revoked
 from .store.base import StateStore
-from .templates import PAGE_HEADERS, Pages
+from .templates import Pages
 
 log = logging.getLogger("twofa_middleware")
 
@@ -48,6 +49,9 @@ RETENTION_MARGIN: Final = DAY
 MAX_RETENTION: Final = 400 * DAY
 CSRF_MAX_AGE: Final = 3600
 FAIL_COUNTER: Final = "fail"
+_NO_DEVICE: Final[tuple[None, None]] = (None, None)
+# Verified device cookies remembered per process (about 300 bytes each).
+_DEVICE_COOKIE_MEMO: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,23 +100,30 @@ Handler = Callable[["TwoFactor", _Ctx], Awaitable[Response]]
 
 
 def safe_next(value: str | None) -> str:
-    """``next`` only as a same-site relative path; anything else becomes ``/``."""
-    if (
-        not value
-        or not value.startswith("/")
-        or value.startswith(("//", "/\\"))
-        or "\\" in value
-        or any(ord(c) < 32 or ord(c) == 127 for c in value)
-    ):
+    """``next`` only as a same-site relative path; anything else becomes ``/``.
+
+    Checked as given and once percent-decoded: ``/%5Cevil.test`` or ``/%0d%0a...``
+    must not become an off-site or header-splitting target wherever it is decoded.
+    """
+    if not value or not all(_same_site_path(v) for v in (value, unquote(value))):
         return "/"
     return value
 
 
+def _same_site_path(value: str) -> bool:
+    return (
+        value.startswith("/")
+        and not value.startswith(("//", "/\\"))
+        and "\\" not in value
+        and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+    )
+
+
 def retention_seconds(policy: PortalPolicy) -> float:
-    durations = (policy.reauth_seconds, policy.ip_verification_seconds)
-    if any(d is None for d in durations):
+    reauth, ip = policy.reauth_seconds, policy.ip_verification_seconds
+    if reauth is None or ip is None:
         return MAX_RETENTION
-    return min(MAX_RETENTION, max(d for d in durations if d is not None) + RETENTION_MARGIN)
+    return min(MAX_RETENTION, max(reauth, ip) + RETENTION_MARGIN)
 
 
 class TwoFactor:
@@ -142,9 +153,12 @@ class TwoFactor:
         code_digits: int = 6,
         totp_window: int = 1,
         issuer: str = "twofa",
+        admin_page: bool = False,
     ) -> None:
         self.prefix = _check_prefix(prefix)
         self.settings = settings
+        # Portal-wide revocation ("everyone verifies again"), where the provider has it.
+        self._revocations = settings if isinstance(settings, RevocationSource) else None
         self.store = store
         self.keyring = Keyring(secret_key)
         self.resolve_portal = portal_resolver
@@ -202,20 +216,39 @@ class TwoFactor:
             routes[("POST", f"{p}/challenge/{name}/send")] = TwoFactor._send
         for name in ("email", "sms", "totp", "recovery"):
             routes[("POST", f"{p}/challenge/{name}/verify")] = TwoFactor._verify
+        self.admin: AdminPage | None = None
+        if admin_page:
+            if not isinstance(settings, WritableSettings):
+                raise ConfigurationError(
+                    "admin_page needs a settings provider the page can write to: set "
+                    "TWOFA_REDIS_URL and leave TWOFA_PORTALS unset (policies then live in Redis)"
+                )
+            self.admin = AdminPage(self, settings)
+            routes[("GET", f"{p}/admin")] = TwoFactor._admin_show
+            routes[("POST", f"{p}/admin")] = TwoFactor._admin_save
         self.routes = routes
         self.endpoint_paths = frozenset(path for _, path in routes)
+        self._under_prefix = p + "/"
         exempt = tuple(exempt_paths)
         # "/static/" (trailing slash) exempts a subtree; anything else one exact path.
         self.exempt_exact = frozenset(p for p in exempt if not p.endswith("/"))
         self.exempt_prefixes = tuple(p for p in exempt if p.endswith("/"))
         self._started = False
         self._start_lock = asyncio.Lock()
+        # raw device cookie -> (signed at, portal, user, token, device id); see _device.
+        # The cookie name per portal, for plain and secure requests.
+        self._cookie_names: tuple[dict[str, str], dict[str, str]] = ({}, {})
+        self._device_cookies: dict[str, tuple[int, str, str, str, str]] = {}
 
     # --- lifecycle -------------------------------------------------------
     async def start(self) -> None:
         async with self._start_lock:
             if not self._started:
                 await self.settings.start()
+                # Optional in the StateStore protocol: the near-cache subscribes here.
+                start_store = getattr(self.store, "start", None)
+                if start_store is not None:
+                    await start_store()
                 self._started = True
 
     async def close(self) -> None:
@@ -241,12 +274,12 @@ class TwoFactor:
         """Pass the request on, or answer it (challenge, endpoint, error)."""
         if not self._started:
             await self.start()
-        if request.path in self.endpoint_paths or request.path.startswith(self.prefix + "/"):
+        if request.path in self.endpoint_paths or request.path.startswith(self._under_prefix):
             return Respond(await self._endpoint(request, identity))
         if self.is_exempt(request.path) or identity is None:
             return Passed(ANONYMOUS if identity is None else TwoFactorInfo(None, None, identity))
         try:
-            ctx_or_response = await self._context(request, identity)
+            ctx_or_response = await self._context(request, identity, gate=True)
             if isinstance(ctx_or_response, Response):
                 return Respond(ctx_or_response)
             ctx = ctx_or_response
@@ -261,7 +294,9 @@ class TwoFactor:
         )
         return Respond(self._challenge_response(request, decision), decision)
 
-    async def _context(self, request: Request, identity: Identity) -> _Ctx | Response:
+    async def _context(
+        self, request: Request, identity: Identity, *, gate: bool = False
+    ) -> _Ctx | Response:
         try:
             portal = self.resolve_portal(request)
         except Exception:
@@ -274,13 +309,17 @@ class TwoFactor:
                 request, 403, "wrong_portal", "Your account does not belong to this portal."
             )
         policy = await self.settings.get_policy(portal)
-        ip = self.client_ip.key(self.client_ip.resolve(request.client_ip))
-        token = self._device_token(request, portal, identity.id, policy)
-        device = (
-            None
-            if token is None
-            else self.keyring.digest("device", portal, identity.id, token).hex()
+        if gate and not needs_state(policy, identity):
+            # The gate passes whatever the device and IP (not enforced, group exempt):
+            # skip working them out.
+            return _Ctx(request, portal, identity, policy, self.clock(), None, None, None)
+        # X-Forwarded-For is read only when the peer is a configured trusted proxy
+        # (ASGI servers such as uvicorn may already have applied it; WSGI ones do not).
+        forwarded = request.header("x-forwarded-for")
+        ip = self.client_ip.key(
+            self.client_ip.resolve(request.client_ip, [forwarded] if forwarded else ())
         )
+        token, device = self._device(request, portal, identity.id, policy)
         return _Ctx(request, portal, identity, policy, self.clock(), ip, token, device)
 
     async def _decide(self, ctx: _Ctx, policy: PortalPolicy | None = None) -> Decision:
@@ -288,6 +327,9 @@ class TwoFactor:
         state = VerificationState()
         if needs_state(policy, ctx.identity):
             state = await self.store.read_state(ctx.portal, ctx.identity.id, ctx.device, ctx.ip)
+            if self._revocations is not None:
+                revoked = await self._revocations.get_revoked_before(ctx.portal)
+                state = drop_revoked(state, revoked)
         return decide(policy, ctx.identity, ctx.device, ctx.ip, ctx.now, state)
 
     async def _fresh(self, ctx: _Ctx) -> bool:
@@ -316,31 +358,64 @@ class TwoFactor:
 
     # --- cookies and tokens ------------------------------------------------
     def _cookie_name(self, request: Request, portal: str) -> str:
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in portal)
-        name = f"twofa_device_{safe}"
-        return "__Host-" + name if request.secure else name
+        names = self._cookie_names[request.secure]
+        name = names.get(portal)
+        if name is None:
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in portal)
+            name = f"twofa_device_{safe}"
+            name = "__Host-" + name if request.secure else name
+            if len(names) < _DEVICE_COOKIE_MEMO:  # portals are few; never unbounded
+                names[portal] = name
+        return name
 
-    def _device_token(
+    def device_id(self, portal: str, user: str, token: str) -> str:
+        """What the store keeps for a device: a keyed hash of its token, 128 bits in hex
+        (plenty against collisions and guessing; half the bytes of a full digest)."""
+        return self.keyring.digest("device", portal, user, token)[:16].hex()
+
+    def _device(
         self, request: Request, portal: str, user: str, policy: PortalPolicy
-    ) -> str | None:
-        raw = request.cookies.get(self._cookie_name(request, portal))
+    ) -> tuple[str | None, str | None]:
+        """(token, device id) from a valid device cookie of this user and portal."""
+        raw = request.cookie(self._cookie_name(request, portal))
         if not raw:
-            return None
-        try:
-            max_age = int(retention_seconds(policy))
-            data = self.signer.loads(raw, salt="twofa.device", max_age=max_age)
-        except BadSignature:
-            return None
-        # Bound to user and portal: a cookie of another user or portal is no device.
-        if not (
-            isinstance(data, list)
-            and len(data) == 3
-            and data[0] == portal
-            and data[1] == user
-            and isinstance(data[2], str)
-        ):
-            return None
-        return data[2]
+            return _NO_DEVICE
+        known = self._device_cookies.get(raw)
+        if known is None:
+            try:
+                data, signed = self.signer.loads(
+                    raw,
+                    salt="twofa.device",
+                    max_age=int(retention_seconds(policy)),
+                    return_timestamp=True,
+                )
+            except BadSignature:
+                return _NO_DEVICE
+            # Bound to user and portal: a cookie of another user or portal is no device.
+            if not (
+                isinstance(data, list)
+                and len(data) == 3
+                and all(isinstance(part, str) for part in data)
+            ):
+                return _NO_DEVICE
+            cookie_portal, cookie_user, token = data
+            device = self.device_id(cookie_portal, cookie_user, token)
+            known = (int(signed.timestamp()), cookie_portal, cookie_user, token, device)
+            # Verified cookies are remembered (bounded) so the next request with the
+            # same cookie skips the HMAC, base64 and JSON; its age is checked below
+            # exactly as itsdangerous does.
+            if len(self._device_cookies) >= _DEVICE_COOKIE_MEMO:
+                del self._device_cookies[next(iter(self._device_cookies))]
+            self._device_cookies[raw] = known
+        else:
+            # itsdangerous' own check (whole seconds, negative ages refused). Every
+            # retention is at least RETENTION_MARGIN, so a younger cookie skips it.
+            age = int(time.time()) - known[0]
+            if age < 0 or (age > RETENTION_MARGIN and age > int(retention_seconds(policy))):
+                return _NO_DEVICE
+        if known[1] != portal or known[2] != user:
+            return _NO_DEVICE
+        return known[3], known[4]
 
     def _device_cookie(self, ctx: _Ctx, token: str) -> str:
         value = self.signer.dumps([ctx.portal, ctx.identity.id, token], salt="twofa.device")
@@ -408,7 +483,10 @@ class TwoFactor:
         out = []
         for method in self.methods.values():
             status = await method.status(subject)
-            if status is not None:
+            if status is None:
+                continue
+            # An authenticator not enrolled yet is offered only to those who may enroll now.
+            if status.enrolled or await self._enroll_allowed(ctx):
                 out.append(status)
         return out
 
@@ -580,7 +658,7 @@ class TwoFactor:
         """Record the verification and hand the browser its device cookie."""
         await self.store.reset(user_tag(ctx.portal, ctx.identity.id), FAIL_COUNTER)
         token = ctx.device_token or secrets.token_urlsafe(24)  # 192 bits
-        device = self.keyring.digest("device", ctx.portal, ctx.identity.id, token).hex()
+        device = self.device_id(ctx.portal, ctx.identity.id, token)
         await self.store.record_verification(
             ctx.portal, ctx.identity.id, device, ctx.ip, ctx.now, retention_seconds(ctx.policy)
         )
@@ -605,11 +683,24 @@ class TwoFactor:
         return _no_store(response)
 
     async def _enroll_allowed(self, ctx: _Ctx) -> bool:
-        """Nothing enrolled yet: right after password login. Otherwise a current factor."""
+        """Whether the user may enroll an authenticator app now.
+
+        With a current second factor, yes. Without one, only a user who has nothing
+        to verify with yet (no authenticator, no email or phone the policy allows):
+        otherwise a stolen password alone could enroll a factor and, since confirming
+        an enrollment counts as a verification, skip the challenge (SECURITY 32, 79).
+        """
         if Method.TOTP not in ctx.policy.allowed_methods:
             return False
+        if await self._fresh(ctx):
+            return True
         subject = ctx.subject(self._portal_name(ctx.portal))
-        return not await self.totp.enrolled(subject) or await self._fresh(ctx)
+        if await self.totp.enrolled(subject):
+            return False
+        for sender in self.senders.values():
+            if await sender.status(subject) is not None:
+                return False
+        return True
 
     async def _enroll_page(self, ctx: _Ctx) -> Response:
         allowed = await self._enroll_allowed(ctx)
@@ -703,6 +794,14 @@ class TwoFactor:
         # Confirming an enrollment counts as a verification.
         return await self._verified(ctx, "totp", nxt, {"recovery_codes": codes})
 
+    async def _admin_show(self, ctx: _Ctx) -> Response:
+        assert self.admin is not None  # routed only when the page is enabled
+        return _no_store(await self.admin.show(ctx))
+
+    async def _admin_save(self, ctx: _Ctx) -> Response:
+        assert self.admin is not None
+        return _no_store(await self.admin.save(ctx))
+
     async def _recovery_page(self, ctx: _Ctx) -> Response:
         if not await self._fresh(ctx):
             return self._forbidden_enrollment(ctx.request)
@@ -767,7 +866,7 @@ class TwoFactor:
 
 
 def _no_store(response: Response) -> Response:
-    response.headers.extend(h for h in PAGE_HEADERS if h[0] == "cache-control")
+    response.set_header("cache-control", "no-store")
     return response
 
 

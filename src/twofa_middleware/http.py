@@ -46,6 +46,25 @@ class Request:
             return {}
         return {k: m.value for k, m in jar.items()}
 
+    def cookie(self, name: str) -> str | None:
+        """``cookies.get(name)`` without parsing every cookie (the gate's hot path).
+
+        Same answer for well-formed headers; quoted or escaped values go through
+        ``SimpleCookie``. On a malformed header it may still find ``name`` where
+        ``SimpleCookie`` gives up: callers verify what they read (signed cookies).
+        """
+        header = self.headers.get("cookie")
+        if not header or name not in header:
+            return None
+        if '"' in header or "\\" in header:
+            return self.cookies.get(name)
+        value = None
+        for part in header.split(";"):
+            key, sep, raw = part.partition("=")
+            if sep and key.strip() == name:
+                value = raw.strip()  # the last one wins, as in SimpleCookie
+        return value
+
     @property
     def query(self) -> list[tuple[str, str]]:
         return parse_qsl(self.query_string.decode("latin-1"), keep_blank_values=True)

@@ -53,6 +53,8 @@ async def resolve_identity(
     resolver: IdentityResolver, context: Mapping[str, Any]
 ) -> Identity | None:
     result = resolver(context)
+    if result is None or isinstance(result, Identity):  # the common, synchronous case
+        return result
     if inspect.isawaitable(result):
         return await result
     return result

@@ -34,7 +34,13 @@ class Pages:
             undefined=jinja2.StrictUndefined,
         )
         # Fail at start-up, not on a user's request, if a template is broken.
-        for name in ("challenge.html", "enroll_totp.html", "recovery.html", "message.html"):
+        for name in (
+            "challenge.html",
+            "enroll_totp.html",
+            "recovery.html",
+            "message.html",
+            "admin.html",
+        ):
             self.env.get_template(name)
 
     def render(self, status: int, name: str, **context: Any) -> Response:

@@ -113,6 +113,28 @@ async def test_default_applies_to_unlisted_portals(make: Make) -> None:
     assert await settings.get_policy("unlisted") == NOT_ENFORCED
 
 
+async def test_fallback_covers_portals_redis_holds_nothing_for(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    """A Redis that lost its data (restart, FLUSHALL) must not switch 2FA off."""
+    settings = RedisSettings.from_url(
+        redis_url, fallback={"acme": {"enforce": True}, "default": {"enforce": True}}
+    )
+    try:
+        await settings.set_policy("acme", OLD)
+        assert await settings.get_policy("acme") == OLD  # Redis wins while it has a policy
+        await raw.flushall()
+        assert await settings.get_policy("acme") == PortalPolicy(enforce=True)
+        assert await settings.get_policy("unlisted") == PortalPolicy(enforce=True)
+    finally:
+        await settings.close()
+
+
+def test_bad_fallback_is_refused_at_start() -> None:
+    with pytest.raises(PolicyError, match="portal 'acme': reauth_hours"):
+        RedisSettings(aioredis.Redis(), fallback={"acme": {"reauth_hours": 0}})
+
+
 async def test_writes_are_stored_as_json_and_published(make: Make, raw: aioredis.Redis) -> None:
     settings = await make(start=False)
     async with raw.pubsub() as pubsub:
@@ -236,21 +258,29 @@ async def test_default_or_star_invalidates_every_portal(
 async def b_with_hook(redis_url: str) -> AsyncIterator[tuple[RedisSettings, Hook]]:
     """Settings B (not started) whose first Redis read runs a hook before returning.
 
-    The hook runs after the real HMGET has answered, i.e. while the read is "in
-    flight" from B's point of view: the window the generation counter guards.
+    The hook runs after the real read (one pipeline: the policies' HMGET and the
+    revocation's HGET) has answered, i.e. while the read is "in flight" from B's
+    point of view: the window the generation counter guards.
     """
     client = aioredis.Redis.from_url(redis_url)
     settings = RedisSettings(client)
     hooks: list[Callable[[], Awaitable[None]]] = []
-    real_hmget = client.hmget
+    real_pipeline = client.pipeline
 
-    async def hmget(*args: Any, **kwargs: Any) -> Any:
-        result = await real_hmget(*args, **kwargs)
-        while hooks:
-            await hooks.pop()()
-        return result
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
 
-    client.hmget = hmget  # type: ignore[method-assign]
+        async def execute(*args: Any, **kwargs: Any) -> Any:
+            result = await real_execute(*args, **kwargs)
+            while hooks:
+                await hooks.pop()()
+            return result
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+    client.pipeline = pipeline  # type: ignore[method-assign]
     yield settings, hooks.append
     await settings.close()
     await client.aclose()

@@ -64,7 +64,27 @@ async def test_record_verification_is_one_script_call(
     commands = await _commands_of(raw_redis, record)
     assert commands.pop("evalsha") == 1
     # INFO also counts what ran inside the script: nothing else came from the client.
-    assert set(commands) <= {"hset", "hgetall", "hdel", "pexpire"}
+    assert set(commands) <= {"hset", "hgetall", "hdel", "pexpire", "publish"}
+
+
+async def test_every_trust_change_is_announced_with_the_users_tag(
+    redis_store: RedisStore, raw_redis: Redis
+) -> None:
+    """The near-caches of every worker (CachedStore) rely on it, whoever writes."""
+    async with raw_redis.pubsub() as pubsub:
+        await pubsub.subscribe(keys.TRUST_CHANNEL)
+        confirmed = await pubsub.get_message(timeout=1)
+        assert confirmed is not None and confirmed["type"] == "subscribe"
+        await redis_store.record_verification(P, U, "dev", "ip", NOW, DAY)
+        await redis_store.revoke_trust(P, U)
+        await redis_store.delete_user(P, U)
+        for _ in range(3):
+            message = await pubsub.get_message(timeout=1)
+            assert message is not None
+            assert (message["channel"], message["data"]) == (
+                keys.TRUST_CHANNEL.encode(),
+                TAG.encode(),
+            )
 
 
 async def test_trust_is_one_hash_per_user(redis_store: RedisStore, raw_redis: Redis) -> None:

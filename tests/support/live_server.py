@@ -13,14 +13,15 @@ from tests.support.redis_server import free_port
 
 
 class LiveServer:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, lifespan: str = "on") -> None:
+        # "auto" for apps without lifespan support (Django's ASGIHandler).
         self.port = free_port()
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
-            lifespan="on",
+            lifespan=lifespan,
             access_log=False,
             ws="websockets-sansio",
         )

@@ -19,6 +19,7 @@ Security requirements covered here (SECURITY.md):
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import email.policy
 import logging
@@ -26,6 +27,7 @@ import math
 import os
 import ssl
 import sys
+import time
 from collections.abc import Mapping
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -331,32 +333,41 @@ class SmtpEmailSender:
         client = aiosmtplib.SMTP(
             hostname=self._host,
             port=self._port,
-            username=self._username,
-            password=self._password,
             use_tls=self._use_tls,
-            # Always a bool, never None: None means "STARTTLS if offered", which
-            # an attacker on the path defeats by stripping the offer.
-            start_tls=self._starttls,
+            # STARTTLS and login are done explicitly below rather than "on
+            # connect", so that a failure in either still leaves us the socket
+            # to wait on (see _wait_closed).
+            start_tls=False,
             validate_certs=True,
             tls_context=self._tls_context,
             timeout=self._timeout,
         )
+        sock: _Socket | None = None
         try:
-            try:
-                await client.connect()
-                refused, _ = await client.send_message(
-                    mail, sender=self._from.addr_spec, recipients=[recipient]
-                )
-            except BaseException:
-                client.close()
-                raise
+            await client.connect()
+            sock = client.get_transport_info("socket")
+            if self._starttls:
+                # Raises if the server does not offer STARTTLS: never a silent
+                # downgrade to plain text (an attacker on the path can strip
+                # the offer). The context checks the certificate and the host
+                # name, which aiosmtplib passes as server_hostname.
+                await client.starttls()
+            if self._username is not None and self._password is not None:
+                await client.login(self._username, self._password)
+            refused, _ = await client.send_message(
+                mail, sender=self._from.addr_spec, recipients=[recipient]
+            )
+            if refused:
+                raise aiosmtplib.SMTPException("the recipient was refused")
+        except asyncio.CancelledError:
+            client.close()
+            raise
         # Any exception, not a list: aiosmtplib, ssl, socket and asyncio errors all
         # mean "not sent", and callers rely on one exception type to stay gated.
         except Exception as exc:
-            raise DeliveryError(_GENERIC_FAILURE) from exc
-        if refused:
             client.close()
-            raise DeliveryError(_GENERIC_FAILURE)
+            await _wait_closed(sock)
+            raise DeliveryError(_GENERIC_FAILURE) from exc
         # The server has accepted the message: a failing QUIT is not a failed
         # delivery, and reporting one would make the user ask for a second code.
         try:
@@ -364,6 +375,30 @@ class SmtpEmailSender:
         except Exception:
             logger.debug("SMTP QUIT failed after the message was accepted", exc_info=True)
             client.close()
+        await _wait_closed(sock)
+
+
+class _Socket(Protocol):
+    def fileno(self) -> int: ...
+
+
+_CLOSE_WAIT_SECONDS = 1.0
+
+
+async def _wait_closed(sock: _Socket | None) -> None:
+    """Give the event loop up to a second to finish closing the connection.
+
+    ``close()`` returns before the socket is closed: a TLS connection first
+    exchanges close_notify, on the loop. A short-lived loop (a test, a CLI
+    command) closed meanwhile leaves the socket open, which Python reports as
+    an unclosed-transport ResourceWarning. asyncio offers no awaitable for
+    this, so the socket (closed means ``fileno() == -1``) is polled.
+    """
+    if sock is None:
+        return
+    deadline = time.monotonic() + _CLOSE_WAIT_SECONDS
+    while sock.fileno() != -1 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
 
 
 def _utcnow() -> datetime.datetime:

@@ -90,7 +90,7 @@ class OutOfBandCode:
             code=code,
             portal_name=subject.portal_name,
             purpose="sign-in",
-            expires_in_minutes=max(1, round(self.ttl / 60)),
+            expires_in_minutes=max(1, int(self.ttl // 60)),  # never overstate the lifetime
             to=to,
         )
         # Delivered off the request path, so the response time does not tell
@@ -107,12 +107,16 @@ class OutOfBandCode:
                 "could not deliver %s code",
                 self.name,
                 extra={"portal": subject.portal, "user": subject.user, "method": self.name},
+                exc_info=True,
             )
 
     async def drain(self) -> None:
-        """Wait for deliveries in flight (shutdown, tests)."""
+        """Wait for deliveries in flight, then release the sender's connections."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        close = getattr(self.sender, "aclose", None)
+        if close is not None:
+            await close()
 
     async def verify(self, subject: Subject, code: str) -> Outcome:
         clean = normalise_digits(code, self.digits)

@@ -20,6 +20,11 @@ record their names in the same atomic step, and ``delete_user`` reads the index
 and deletes everything in one WATCH/MULTI transaction, so a key created
 concurrently cannot escape it. Digests are stored as raw bytes throughout, so the
 client must not decode responses.
+
+Every change to a user's trust (``record_verification``, ``revoke_trust``,
+``delete_user``) publishes the user's tag on ``keys.TRUST_CHANNEL`` in the same
+atomic step as the write (inside the script, or in the same MULTI), whoever the
+caller is, so the near-caches of every process (``CachedStore``) hear of it.
 """
 
 from __future__ import annotations
@@ -146,6 +151,11 @@ class RedisStore:
             client, max_ips_per_user=max_ips_per_user, max_devices_per_user=max_devices_per_user
         )
 
+    @property
+    def client(self) -> Redis:
+        """The Redis client (for a ``CachedStore``'s invalidation subscription)."""
+        return self._redis
+
     # --- the request path -------------------------------------------------
     @_wrap_errors
     async def read_state(
@@ -183,6 +193,8 @@ class RedisStore:
                 self._max_devices,
                 "" if device is None else f"d:{device}",
                 "" if ip is None else f"i:{ip}",
+                keys.TRUST_CHANNEL,
+                keys.user_tag(portal, user),
             ],
         )
 
@@ -204,7 +216,11 @@ class RedisStore:
 
     @_wrap_errors
     async def revoke_trust(self, portal: str, user: str) -> None:
-        await self._redis.delete(keys.user_key(portal, user, TRUST))
+        tag = keys.user_tag(portal, user)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.key(tag, TRUST))
+            pipe.publish(keys.TRUST_CHANNEL, tag)
+            await pipe.execute()
 
     # --- secrets ----------------------------------------------------------
     @_wrap_errors
@@ -292,6 +308,7 @@ class RedisStore:
             names = await pipe.smembers(index)
             pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             pipe.delete(*fixed, *(keys.key(tag, _text(name)) for name in names))
+            pipe.publish(keys.TRUST_CHANNEL, tag)
 
         await self._redis.transaction(delete_all, index)
 

@@ -3,6 +3,7 @@
 -- ARGV[1]  now (epoch seconds)      ARGV[2]  retention in ms
 -- ARGV[3]  max IPs                  ARGV[4]  max devices
 -- ARGV[5]  device field or ''       ARGV[6]  IP field or ''
+-- ARGV[7]  invalidation channel     ARGV[8]  the user's tag (the message)
 local trust, now = KEYS[1], ARGV[1]
 local device, ip = ARGV[5], ARGV[6]
 
@@ -34,4 +35,6 @@ bound('i:', tonumber(ARGV[3]), ip)
 bound('d:', tonumber(ARGV[4]), device)
 
 redis.call('PEXPIRE', trust, ARGV[2])
+-- Announced in the same atomic step: no near-cache can miss the change.
+redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 0

@@ -1,0 +1,1 @@
+"""Framework integrations (Flask, FastAPI, Django) over the ASGI and WSGI adapters."""
