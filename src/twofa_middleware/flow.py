@@ -164,6 +164,13 @@ class TwoFactor:
         self.resolve_portal = portal_resolver
         self.client_ip = client_ip or ClientIPResolver()
         self.portal_names = dict(portal_names or {})
+        for portal, name in self.portal_names.items():
+            # The name goes into email and SMS text: refuse what could break a message.
+            if not name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+                raise ConfigurationError(
+                    f"portal_names[{portal!r}] must be non-empty text without control "
+                    f"characters, got {name!r}"
+                )
         self.pages = Pages(list(template_dirs))
         self.clock = clock
         if not 1 <= max_failures <= 100:
