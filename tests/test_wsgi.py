@@ -153,13 +153,13 @@ def test_a_due_challenge_is_answered_without_reaching_the_app(gate: Any) -> None
 def test_all_core_work_runs_on_one_loop_thread_whatever_the_server_thread(gate: Any) -> None:
     middleware, _ = gate
     threads: set[int] = set()
-    original = middleware.core.process
+    original = middleware.core.guard
 
     async def spy(*args: Any) -> Any:
         threads.add(threading.get_ident())
         return await original(*args)
 
-    middleware.core.process = spy
+    middleware.core.guard = spy
     workers = [
         threading.Thread(target=call, args=(middleware, environ("/", HTTP_X_USER="1")))
         for _ in range(4)
@@ -170,3 +170,26 @@ def test_all_core_work_runs_on_one_loop_thread_whatever_the_server_thread(gate: 
         w.join()
     assert len(threads) == 1
     assert threading.get_ident() not in threads
+
+
+@pytest.mark.parametrize(
+    ("env", "info"),
+    [
+        pytest.param(environ("/"), TwoFactorInfo(None, None, None), id="anonymous"),
+        pytest.param(
+            environ("/login", "POST", b"password=x", HTTP_X_USER="1"),
+            TwoFactorInfo(None, None, Identity(id="ann")),
+            id="exempt-path",
+        ),
+    ],
+)
+def test_requests_that_pass_on_path_and_identity_never_reach_the_core_loop(
+    gate: Any, env: dict[str, Any], info: TwoFactorInfo
+) -> None:
+    middleware, app = gate
+    status, _, _ = call(middleware, env)
+    assert status == "200 OK"
+    assert app.calls[0]["twofa"] == info
+    assert env["wsgi.input"].tell() == 0  # the app's body is untouched
+    # No thread hop, no event loop: the core's loop was never even started.
+    assert middleware.loop._loop is None

@@ -62,10 +62,7 @@ class TwoFactorMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        request = await self._request(scope, receive)
-        if request is None:
-            await _send(send, Response.json(413, {"error": "body_too_large"}))
-            return
+        path = _full_path(scope)
         try:
             identity = await resolve_identity(self.identity, scope)
         except Exception:
@@ -74,7 +71,16 @@ class TwoFactorMiddleware:
                 scope, receive, send, Response.json(500, {"error": "internal_error"})
             )
             return
-        result = await self.core.process(request, identity)
+        info = self.core.unguarded(path, identity)
+        if info is not None:  # anonymous, or an exempt path: nothing more to look at
+            scope["twofa"] = info
+            await self.app(scope, receive, send)
+            return
+        request = await self._request(scope, receive, path)
+        if request is None:
+            await _send(send, Response.json(413, {"error": "body_too_large"}))
+            return
+        result = await self.core.guard(request, identity)
         if isinstance(result, Passed):
             scope["twofa"] = result.info
             await self.app(scope, receive, send)
@@ -92,30 +98,25 @@ class TwoFactorMiddleware:
 
         return wrapped
 
-    async def _request(self, scope: Scope, receive: Receive) -> Request | None:
-        root = scope.get("root_path", "")
-        path = scope.get("path", "")
-        if root and not path.startswith(root):
-            path = root + path
-        raw = scope.get("raw_path") or b""
-        if b"%" in raw and any(sep in raw for sep in _ENCODED_SEPARATORS):
-            # "/_2fa%2fchallenge" must not reach our endpoints or exemptions as if
-            # it were "/_2fa/challenge": keep the encoded form so it matches nothing.
-            path = raw.decode("latin-1")
-        headers: dict[str, str] = {}
-        for k, v in scope.get("headers", ()):
-            name = k.decode("latin-1").lower()
-            value = v.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    async def _request(self, scope: Scope, receive: Receive, path: str) -> Request | None:
+        raw_headers = scope.get("headers") or []
+        if not isinstance(raw_headers, list):
+            raw_headers = list(raw_headers)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
+        if len(headers) != len(raw_headers):  # a repeated header: join, as HTTP does
+            headers = {}
+            for k, v in raw_headers:
+                name = k.decode("latin-1").lower()
+                value = v.decode("latin-1")
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
         client = scope.get("client")
         body = b""
         # Only our own POST endpoints read the body (they always answer themselves);
         # everything passed on to the app streams on untouched.
-        core = self.core
         if (
             scope["type"] == "http"
             and scope.get("method") == "POST"
-            and (path in core.endpoint_paths or path.startswith(core.prefix + "/"))
+            and self.core.is_endpoint(path)
         ):
             chunks = []
             size = 0
@@ -159,6 +160,19 @@ class TwoFactorMiddleware:
                 await send({"type": "websocket.close", "code": code, "reason": reason})
             return
         await _send(send, response)
+
+
+def _full_path(scope: Scope) -> str:
+    root = scope.get("root_path", "")
+    path: str = scope.get("path", "")
+    if root and not path.startswith(root):
+        path = root + path
+    raw = scope.get("raw_path") or b""
+    if b"%" in raw and any(sep in raw for sep in _ENCODED_SEPARATORS):
+        # "/_2fa%2fchallenge" must not reach our endpoints or exemptions as if it
+        # were "/_2fa/challenge": keep the encoded form so it matches nothing.
+        path = raw.decode("latin-1")
+    return path
 
 
 async def _send(send: Send, response: Response) -> None:

@@ -25,7 +25,7 @@ from . import audit
 from .admin_page import AdminPage, WritableSettings
 from .clientip import ClientIPResolver
 from .crypto import Keyring
-from .decision import Decision, Identity, VerificationState, decide, needs_state
+from .decision import EMPTY_STATE, Decision, Identity, VerificationState, decide, needs_state
 from .errors import ConfigurationError, StoreError
 from .http import BadRequest, Request, Response
 from .keys import ip_tag, user_tag
@@ -277,33 +277,70 @@ class TwoFactor:
             and (_is_normalised(path))
         )
 
+    def is_endpoint(self, path: str) -> bool:
+        """Whether ``path`` is ours (``{prefix}/...``): answered by the flow, body read."""
+        return path in self.endpoint_paths or path.startswith(self._under_prefix)
+
+    def unguarded(self, path: str, identity: Identity | None) -> TwoFactorInfo | None:
+        """What the app gets for a request that passes on its path and identity alone
+        (anonymous, or an exempt path); None when the gate or an endpoint must see it.
+
+        Adapters ask this before translating the rest of the request, so those
+        requests cost no header decoding, no ``Request`` and no trip to the core's
+        loop; ``process`` asks it too, so the answer is the same either way.
+        """
+        if self.is_endpoint(path):
+            return None
+        if identity is None:
+            return ANONYMOUS
+        if self.is_exempt(path):
+            return TwoFactorInfo(None, None, identity)
+        return None
+
     async def process(self, request: Request, identity: Identity | None) -> Result:
         """Pass the request on, or answer it (challenge, endpoint, error)."""
+        info = self.unguarded(request.path, identity)
+        if info is not None:
+            return Passed(info)
+        return await self.guard(request, identity)
+
+    async def guard(self, request: Request, identity: Identity | None) -> Result:
+        """``process`` for a request that ``unguarded`` did not pass: adapters ask
+        ``unguarded`` first, then build the ``Request`` and call this."""
         if not self._started:
             await self.start()
-        if request.path in self.endpoint_paths or request.path.startswith(self._under_prefix):
+        if identity is None or self.is_endpoint(request.path):
+            # (``unguarded`` passes every anonymous request that is not for an endpoint)
             return Respond(await self._endpoint(request, identity))
-        if self.is_exempt(request.path) or identity is None:
-            return Passed(ANONYMOUS if identity is None else TwoFactorInfo(None, None, identity))
         try:
-            ctx_or_response = await self._context(request, identity, gate=True)
-            if isinstance(ctx_or_response, Response):
-                return Respond(ctx_or_response)
-            ctx = ctx_or_response
-            decision = await self._decide(ctx)
+            return await self._gate(request, identity)
         except StoreError:
             log.warning("store unavailable: failing closed", exc_info=True)
             return Respond(self._unavailable(request))
+
+    async def _gate(self, request: Request, identity: Identity) -> Result:
+        # The hot path of every protected request: the same steps as _context and
+        # _decide, without the per-request context object the endpoints need.
+        portal = self._portal(request, identity)
+        if isinstance(portal, Response):
+            return Respond(portal)
+        policy = await self.settings.get_policy(portal)
+        if not needs_state(policy, identity):
+            # The gate passes whatever the device and IP (not enforced, group exempt):
+            # skip working them out.
+            decision = decide(policy, identity, None, None, self.clock(), EMPTY_STATE)
+            return Passed(TwoFactorInfo(portal, decision, identity))
+        ip = self._ip(request)
+        device = self._device(request, portal, identity.id, policy)[1]
+        state = await self._state(portal, identity.id, device, ip)
+        decision = decide(policy, identity, device, ip, self.clock(), state)
         if decision.passed:
-            return Passed(TwoFactorInfo(ctx.portal, decision, identity))
-        audit.emit(
-            "challenge", portal=ctx.portal, user=identity.id, reason=decision.reason, ip=ctx.ip
-        )
+            return Passed(TwoFactorInfo(portal, decision, identity))
+        audit.emit("challenge", portal=portal, user=identity.id, reason=decision.reason, ip=ip)
         return Respond(self._challenge_response(request, decision), decision)
 
-    async def _context(
-        self, request: Request, identity: Identity, *, gate: bool = False
-    ) -> _Ctx | Response:
+    def _portal(self, request: Request, identity: Identity) -> str | Response:
+        """The request's portal, or the error to answer (unresolved, not the user's)."""
         try:
             portal = self.resolve_portal(request)
         except Exception:
@@ -315,28 +352,39 @@ class TwoFactor:
             return self._error(
                 request, 403, "wrong_portal", "Your account does not belong to this portal."
             )
-        policy = await self.settings.get_policy(portal)
-        if gate and not needs_state(policy, identity):
-            # The gate passes whatever the device and IP (not enforced, group exempt):
-            # skip working them out.
-            return _Ctx(request, portal, identity, policy, self.clock(), None, None, None)
+        return portal
+
+    def _ip(self, request: Request) -> str | None:
         # X-Forwarded-For is read only when the peer is a configured trusted proxy
         # (ASGI servers such as uvicorn may already have applied it; WSGI ones do not).
         forwarded = request.header("x-forwarded-for")
-        ip = self.client_ip.key(
+        return self.client_ip.key(
             self.client_ip.resolve(request.client_ip, [forwarded] if forwarded else ())
         )
+
+    async def _context(self, request: Request, identity: Identity) -> _Ctx | Response:
+        portal = self._portal(request, identity)
+        if isinstance(portal, Response):
+            return portal
+        policy = await self.settings.get_policy(portal)
+        ip = self._ip(request)
         token, device = self._device(request, portal, identity.id, policy)
         return _Ctx(request, portal, identity, policy, self.clock(), ip, token, device)
 
+    async def _state(
+        self, portal: str, user: str, device: str | None, ip: str | None
+    ) -> VerificationState:
+        """The stored verification state, less what a portal-wide revocation voided."""
+        state = await self.store.read_state(portal, user, device, ip)
+        if self._revocations is not None:
+            state = drop_revoked(state, await self._revocations.get_revoked_before(portal))
+        return state
+
     async def _decide(self, ctx: _Ctx, policy: PortalPolicy | None = None) -> Decision:
         policy = policy or ctx.policy
-        state = VerificationState()
+        state = EMPTY_STATE
         if needs_state(policy, ctx.identity):
-            state = await self.store.read_state(ctx.portal, ctx.identity.id, ctx.device, ctx.ip)
-            if self._revocations is not None:
-                revoked = await self._revocations.get_revoked_before(ctx.portal)
-                state = drop_revoked(state, revoked)
+            state = await self._state(ctx.portal, ctx.identity.id, ctx.device, ctx.ip)
         return decide(policy, ctx.identity, ctx.device, ctx.ip, ctx.now, state)
 
     async def _fresh(self, ctx: _Ctx) -> bool:
@@ -533,12 +581,12 @@ class TwoFactor:
             raise BadRequest("send the code in the body only")
         form = ctx.request.form()
         if not self._csrf_ok(ctx, form):
-            return self._error(
-                ctx.request,
-                403,
-                "csrf_failed",
-                "The form expired or came from another site. Go back and retry.",
+            message = (
+                "This request came from another site (Origin or Sec-Fetch-Site)."
+                if ctx.request.is_json_body
+                else "The form expired or came from another site. Go back and retry."
             )
+            return self._error(ctx.request, 403, "csrf_failed", message)
         return form
 
     def _method_from_path(self, ctx: _Ctx) -> str:

@@ -60,6 +60,8 @@ class Request:
             return self.cookies.get(name)
         value = None
         for part in header.split(";"):
+            if name not in part:  # most of a browser's cookies: skipped in C
+                continue
             key, sep, raw = part.partition("=")
             if sep and key.strip() == name:
                 value = raw.strip()  # the last one wins, as in SimpleCookie

@@ -86,8 +86,8 @@ class CoreLoop:
         """The same, awaited from another event loop (Django under ASGI)."""
         return await asyncio.wrap_future(self.submit(coro))
 
-    def process(self, request: Request, identity: Identity | None) -> Result:
-        return self.run(self.core.process(request, identity))
+    def guard(self, request: Request, identity: Identity | None) -> Result:
+        return self.run(self.core.guard(request, identity))
 
     def close(self, timeout: float = 10.0) -> None:
         """Close the core (Redis connections, pending sends) and stop the loop."""
@@ -118,20 +118,28 @@ def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-def request_from_environ(environ: Mapping[str, Any], core: TwoFactor) -> Request | None:
-    """Translate a WSGI environ to the core's Request; None when the body is too large.
-
-    The same rules as the ASGI adapter: the full path (SCRIPT_NAME + PATH_INFO),
-    an encoded separator keeps the raw path so it matches nothing of ours, and
-    only our own POST endpoints have their body read (bounded).
-    """
+def full_path(environ: Mapping[str, Any]) -> str:
+    """The path the core matches: SCRIPT_NAME + PATH_INFO, decoded, unless the raw
+    URI hides an encoded separator (then the raw path, so it matches nothing of ours)."""
     # PEP 3333: native strings hold the raw bytes as latin-1; URLs are UTF-8.
     path = _wsgi_str(environ.get("SCRIPT_NAME", "")) + _wsgi_str(environ.get("PATH_INFO", ""))
     raw = str(environ.get("REQUEST_URI") or environ.get("RAW_URI") or "")
-    path = environ_path(path, raw)
+    return environ_path(path, raw)
+
+
+def request_from_environ(
+    environ: Mapping[str, Any], core: TwoFactor, path: str | None = None
+) -> Request | None:
+    """Translate a WSGI environ to the core's Request; None when the body is too large.
+
+    The same rules as the ASGI adapter: the full path (``full_path``, or the one
+    given), and only our own POST endpoints have their body read (bounded).
+    """
+    if path is None:
+        path = full_path(environ)
     method = str(environ.get("REQUEST_METHOD", "GET")).upper()
     body = b""
-    if method == "POST" and (path in core.endpoint_paths or path.startswith(core.prefix + "/")):
+    if method == "POST" and core.is_endpoint(path):
         read = _read_body(environ)
         if read is None:
             return None
@@ -252,9 +260,7 @@ class TwoFactorWSGIMiddleware:
         self.loop.close()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        request = request_from_environ(environ, self.core)
-        if request is None:
-            return _send(start_response, Response.json(413, {"error": "body_too_large"}))
+        path = full_path(environ)
         try:
             # Called on the server's thread: a resolver may read thread-locals.
             found = self.identity(environ)
@@ -262,7 +268,14 @@ class TwoFactorWSGIMiddleware:
         except Exception:
             log.exception("identity resolver failed")
             return _send(start_response, Response.json(500, {"error": "internal_error"}))
-        result = self.loop.process(request, identity)
+        info = self.core.unguarded(path, identity)
+        if info is not None:  # anonymous, or an exempt path: no trip to the core's loop
+            environ["twofa"] = info
+            return self.app(environ, start_response)
+        request = request_from_environ(environ, self.core, path)
+        if request is None:
+            return _send(start_response, Response.json(413, {"error": "body_too_large"}))
+        result = self.loop.guard(request, identity)
         if isinstance(result, Passed):
             environ["twofa"] = result.info
             return self.app(environ, start_response)

@@ -135,35 +135,45 @@ class TwoFactorMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        core_request = self._request(request)
-        if core_request is None:
-            return _django_response(Response.json(413, {"error": "body_too_large"}))
+        path = self._path(request)
         try:
             identity = self._identity(request)
         except Exception:
             log.exception("identity resolver failed")
             return _django_response(Response.json(500, {"error": "internal_error"}))
-        result = self.loop.process(core_request, identity)
+        info = self.core.unguarded(path, identity)
+        if info is not None:  # anonymous, or an exempt path: no trip to the core's loop
+            request.twofa = info
+            return self.get_response(request)
+        core_request = self._request(request, path)
+        if core_request is None:
+            return _django_response(Response.json(413, {"error": "body_too_large"}))
+        result = self.loop.guard(core_request, identity)
         if isinstance(result, Passed):
             request.twofa = result.info
             return self.get_response(request)
         return _django_response(result.response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        core_request = self._request(request)
-        if core_request is None:
-            return _django_response(Response.json(413, {"error": "body_too_large"}))
+        path = self._path(request)
         try:
             # request.user may hit the database: Django's sync context, not the loop.
             identity = await sync_to_async(self._identity)(request)
         except Exception:
             log.exception("identity resolver failed")
             return _django_response(Response.json(500, {"error": "internal_error"}))
-        result = await self.loop.run_async(self.core.process(core_request, identity))
-        if isinstance(result, Passed):
-            request.twofa = result.info
-            response: Awaitable[HttpResponse] = self.get_response(request)
-            return await response
+        info = self.core.unguarded(path, identity)
+        if info is None:
+            core_request = self._request(request, path)
+            if core_request is None:
+                return _django_response(Response.json(413, {"error": "body_too_large"}))
+            result = await self.loop.run_async(self.core.guard(core_request, identity))
+            if not isinstance(result, Passed):
+                return _django_response(result.response)
+            info = result.info
+        request.twofa = info
+        response: Awaitable[HttpResponse] = self.get_response(request)
+        return await response
         return _django_response(result.response)
 
     def _identity(self, request: HttpRequest) -> Identity | None:
@@ -174,7 +184,8 @@ class TwoFactorMiddleware:
             return identity_from_django_user(found, self.group_of)
         return identity_from_django_user(getattr(request, "user", None), self.group_of)
 
-    def _request(self, request: HttpRequest) -> Request | None:
+    @staticmethod
+    def _path(request: HttpRequest) -> str:
         meta = request.META
         scope = getattr(request, "scope", None)  # ASGIRequest
         raw = (
@@ -182,11 +193,13 @@ class TwoFactorMiddleware:
             if isinstance(scope, Mapping)
             else str(meta.get("REQUEST_URI") or meta.get("RAW_URI") or "")
         )
-        path = environ_path(request.path, raw)
+        return environ_path(request.path, raw)
+
+    def _request(self, request: HttpRequest, path: str) -> Request | None:
+        meta = request.META
         method = (request.method or "GET").upper()
         body = b""
-        core = self.core
-        if method == "POST" and (path in core.endpoint_paths or path.startswith(core.prefix + "/")):
+        if method == "POST" and self.core.is_endpoint(path):
             try:
                 length = int(meta.get("CONTENT_LENGTH") or 0)
             except ValueError:

@@ -29,7 +29,7 @@ from ..flow import Passed
 from ..flow import TwoFactor as Core
 from ..http import Response
 from ..identity import identity_from_user
-from ..wsgi import CoreLoop, request_from_environ, wsgi_headers
+from ..wsgi import CoreLoop, full_path, request_from_environ, wsgi_headers
 
 log = logging.getLogger("twofa_middleware")
 
@@ -110,15 +110,21 @@ class TwoFactor:
 
     def _gate(self) -> FlaskResponse | None:
         environ = request.environ
-        core_request = request_from_environ(environ, self.core)
-        if core_request is None:
-            return _flask_response(Response.json(413, {"error": "body_too_large"}))
+        path = full_path(environ)
         try:
             identity = self._identity()
         except Exception:
             log.exception("identity resolver failed")
             return _flask_response(Response.json(500, {"error": "internal_error"}))
-        result = self.loop.process(core_request, identity)
+        info = self.core.unguarded(path, identity)
+        if info is not None:  # anonymous, or an exempt path: no trip to the core's loop
+            environ["twofa"] = info
+            g.twofa = info
+            return None
+        core_request = request_from_environ(environ, self.core, path)
+        if core_request is None:
+            return _flask_response(Response.json(413, {"error": "body_too_large"}))
+        result = self.loop.guard(core_request, identity)
         if isinstance(result, Passed):
             environ["twofa"] = result.info
             g.twofa = result.info

@@ -130,11 +130,11 @@ class RedisSettings:
         return (await self._entry(portal))[1]
 
     async def _entry(self, portal: str) -> tuple[PortalPolicy, float | None]:
-        check_portal_id(portal)
         if self.caching_active:
             entry = self._cache.get(portal)
             if entry is not None and entry[2] > time.monotonic():
-                return entry[0], entry[1]
+                return entry[0], entry[1]  # only checked portal ids are ever cached
+        check_portal_id(portal)
         generation = self._generation
         try:
             async with self._client.pipeline(transaction=False) as pipe:
