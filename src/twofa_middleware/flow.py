@@ -760,21 +760,42 @@ class TwoFactor:
     async def _enroll_page(self, ctx: _Ctx) -> Response:
         allowed = await self._enroll_allowed(ctx)
         nxt = safe_next(_query_one(ctx.request, "next"))
-        if ctx.request.wants_json:
-            return _no_store(Response.json(200 if allowed else 403, {"allowed": allowed}))
         if not allowed:
+            if ctx.request.wants_json:
+                return _no_store(Response.json(403, {"allowed": False}))
             return self._forbidden_enrollment(ctx.request)
+        # Confirming a new enrollment replaces the current authenticator: say so.
+        enrolled = await self.totp.enrolled(ctx.subject(self._portal_name(ctx.portal)))
+        if ctx.request.wants_json:
+            return _no_store(Response.json(200, {"allowed": True, "enrolled": enrolled}))
+        return self._enroll_render(ctx, 200, nxt, enrolled=enrolled)
+
+    def _enroll_render(
+        self,
+        ctx: _Ctx,
+        status: int,
+        nxt: str,
+        *,
+        enrolled: bool = False,
+        secret: str | None = None,
+        uri: str | None = None,
+        error: str | None = None,
+    ) -> Response:
+        svg = None
+        if uri is not None:
+            svg = segno.make(uri, error="m").svg_inline(scale=5, dark="#111", light="#fff")
         return self.pages.render(
-            200,
+            status,
             "enroll_totp.html",
             portal_name=self._portal_name(ctx.portal),
             prefix=self.prefix,
-            secret=None,
-            uri=None,
-            qr_svg=None,
+            enrolled=enrolled,
+            secret=secret,
+            uri=uri,
+            qr_svg=svg,
             next=nxt,
             csrf_token=self._csrf_token(ctx),
-            error=None,
+            error=error,
         )
 
     def _forbidden_enrollment(self, request: Request) -> Response:
@@ -805,19 +826,7 @@ class TwoFactor:
             )
             if ctx.request.wants_json:
                 return _no_store(Response.json(200, {"secret": secret, "otpauth_uri": uri}))
-            svg = segno.make(uri, error="m").svg_inline(scale=5, dark="#111", light="#fff")
-            return self.pages.render(
-                200,
-                "enroll_totp.html",
-                portal_name=self._portal_name(ctx.portal),
-                prefix=self.prefix,
-                secret=secret,
-                uri=uri,
-                qr_svg=svg,
-                next=nxt,
-                csrf_token=self._csrf_token(ctx),
-                error=None,
-            )
+            return self._enroll_render(ctx, 200, nxt, secret=secret, uri=uri)
         refused = await self._reserve_attempt(ctx)
         if refused is not None:
             return refused
@@ -832,18 +841,7 @@ class TwoFactor:
             )
             if ctx.request.wants_json:
                 return await self._wrong_code(ctx, statuses=None, nxt=nxt)
-            return self.pages.render(
-                400,
-                "enroll_totp.html",
-                portal_name=self._portal_name(ctx.portal),
-                prefix=self.prefix,
-                secret=None,
-                uri=None,
-                qr_svg=None,
-                next=nxt,
-                csrf_token=self._csrf_token(ctx),
-                error="That code is not valid. Start again.",
-            )
+            return self._enroll_render(ctx, 400, nxt, error="That code is not valid. Start again.")
         codes = await self.recovery.regenerate(subject)
         audit.emit("enrolled", portal=ctx.portal, user=ctx.identity.id, method="totp", ip=ctx.ip)
         # Confirming an enrollment counts as a verification.

@@ -25,6 +25,7 @@ RECOVERY_CODE = re.compile(r"^[a-z2-9]{5}-[a-z2-9]{5}$")
 # What the demo admin on acme can verify with before any authenticator is enrolled.
 EMAIL_AND_SMS = [{"name": "email", "enrolled": True}, {"name": "sms", "enrolled": True}]
 APP_SETUP_LINK = 'href="/_2fa/enroll/totp?next=/"'
+REPLACES_APP = "Setting up a new one replaces it"
 
 
 @pytest.fixture
@@ -364,8 +365,10 @@ async def test_after_passing_an_email_code_the_user_may_enroll_an_app(browser: B
     await browser.pass_email("admin")
     page = await browser.get_json("/_2fa/enroll/totp")
     assert page.status_code == 200
-    assert page.json() == {"allowed": True}
-    assert (await browser.get("/_2fa/enroll/totp")).status_code == 200
+    assert page.json() == {"allowed": True, "enrolled": False}
+    intro = await browser.get("/_2fa/enroll/totp")
+    assert intro.status_code == 200
+    assert REPLACES_APP not in intro.text
     challenge = (await browser.get_json("/_2fa/challenge")).json()
     assert challenge["verified"] is True
     assert challenge["methods"] == [*EMAIL_AND_SMS, {"name": "totp", "enrolled": False}]
@@ -374,6 +377,10 @@ async def test_after_passing_an_email_code_the_user_may_enroll_an_app(browser: B
     methods = (await browser.get_json("/_2fa/challenge")).json()["methods"]
     assert {"name": "totp", "enrolled": True} in methods
     assert {"name": "recovery", "enrolled": True} in methods
+    # Starting again is allowed (a current factor), and the page says what it replaces.
+    again = await browser.get_json("/_2fa/enroll/totp")
+    assert again.json() == {"allowed": True, "enrolled": True}
+    assert REPLACES_APP in (await browser.get("/_2fa/enroll/totp")).text
 
 
 async def test_a_user_with_nothing_to_verify_with_may_enroll_an_app_right_after_login(
@@ -383,7 +390,7 @@ async def test_a_user_with_nothing_to_verify_with_may_enroll_an_app_right_after_
         await b.login("admin")
         page = await b.get_json("/_2fa/enroll/totp")
         assert page.status_code == 200
-        assert page.json() == {"allowed": True}
+        assert page.json() == {"allowed": True, "enrolled": False}
         challenge = (await b.get_json("/_2fa/challenge")).json()
         assert challenge["verified"] is False
         assert challenge["methods"] == [{"name": "totp", "enrolled": False}]
