@@ -49,7 +49,6 @@ RETENTION_MARGIN: Final = DAY
 MAX_RETENTION: Final = 400 * DAY
 CSRF_MAX_AGE: Final = 3600
 FAIL_COUNTER: Final = "fail"
-_NO_DEVICE: Final[tuple[None, None]] = (None, None)
 # Verified device cookies remembered per process (about 300 bytes each).
 _DEVICE_COOKIE_MEMO: Final = 10_000
 
@@ -89,8 +88,7 @@ class _Ctx:
     policy: PortalPolicy
     now: float
     ip: str | None
-    device_token: str | None
-    device: str | None  # the digest of device_token, as stored
+    device: str | None  # the id of the valid device cookie's token, as stored
 
     def subject(self, portal_name: str) -> Subject:
         return Subject(self.portal, portal_name, self.identity, self.policy, self.now)
@@ -242,10 +240,10 @@ class TwoFactor:
         self.exempt_prefixes = tuple(p for p in exempt if p.endswith("/"))
         self._started = False
         self._start_lock = asyncio.Lock()
-        # raw device cookie -> (signed at, portal, user, token, device id); see _device.
+        # raw device cookie -> (signed at, portal, user, device id); see _device.
         # The cookie name per portal, for plain and secure requests.
         self._cookie_names: tuple[dict[str, str], dict[str, str]] = ({}, {})
-        self._device_cookies: dict[str, tuple[int, str, str, str, str]] = {}
+        self._device_cookies: dict[str, tuple[int, str, str, str]] = {}
 
     # --- lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -331,7 +329,7 @@ class TwoFactor:
             decision = decide(policy, identity, None, None, self.clock(), EMPTY_STATE)
             return Passed(TwoFactorInfo(portal, decision, identity))
         ip = self._ip(request)
-        device = self._device(request, portal, identity.id, policy)[1]
+        device = self._device(request, portal, identity.id, policy)
         state = await self._state(portal, identity.id, device, ip)
         decision = decide(policy, identity, device, ip, self.clock(), state)
         if decision.passed:
@@ -368,8 +366,8 @@ class TwoFactor:
             return portal
         policy = await self.settings.get_policy(portal)
         ip = self._ip(request)
-        token, device = self._device(request, portal, identity.id, policy)
-        return _Ctx(request, portal, identity, policy, self.clock(), ip, token, device)
+        device = self._device(request, portal, identity.id, policy)
+        return _Ctx(request, portal, identity, policy, self.clock(), ip, device)
 
     async def _state(
         self, portal: str, user: str, device: str | None, ip: str | None
@@ -428,13 +426,11 @@ class TwoFactor:
         (plenty against collisions and guessing; half the bytes of a full digest)."""
         return self.keyring.digest("device", portal, user, token)[:16].hex()
 
-    def _device(
-        self, request: Request, portal: str, user: str, policy: PortalPolicy
-    ) -> tuple[str | None, str | None]:
-        """(token, device id) from a valid device cookie of this user and portal."""
+    def _device(self, request: Request, portal: str, user: str, policy: PortalPolicy) -> str | None:
+        """The device id of a valid device cookie of this user and portal, else None."""
         raw = request.cookie(self._cookie_name(request, portal))
         if not raw:
-            return _NO_DEVICE
+            return None
         known = self._device_cookies.get(raw)
         if known is None:
             try:
@@ -445,17 +441,17 @@ class TwoFactor:
                     return_timestamp=True,
                 )
             except BadSignature:
-                return _NO_DEVICE
+                return None
             # Bound to user and portal: a cookie of another user or portal is no device.
             if not (
                 isinstance(data, list)
                 and len(data) == 3
                 and all(isinstance(part, str) for part in data)
             ):
-                return _NO_DEVICE
+                return None
             cookie_portal, cookie_user, token = data
             device = self.device_id(cookie_portal, cookie_user, token)
-            known = (int(signed.timestamp()), cookie_portal, cookie_user, token, device)
+            known = (int(signed.timestamp()), cookie_portal, cookie_user, device)
             # Verified cookies are remembered (bounded) so the next request with the
             # same cookie skips the HMAC, base64 and JSON; its age is checked below
             # exactly as itsdangerous does.
@@ -467,10 +463,10 @@ class TwoFactor:
             # retention is at least RETENTION_MARGIN, so a younger cookie skips it.
             age = int(time.time()) - known[0]
             if age < 0 or (age > RETENTION_MARGIN and age > int(retention_seconds(policy))):
-                return _NO_DEVICE
+                return None
         if known[1] != portal or known[2] != user:
-            return _NO_DEVICE
-        return known[3], known[4]
+            return None
+        return known[3]
 
     def _device_cookie(self, ctx: _Ctx, token: str) -> str:
         value = self.signer.dumps([ctx.portal, ctx.identity.id, token], salt="twofa.device")
@@ -712,10 +708,18 @@ class TwoFactor:
     ) -> Response:
         """Record the verification and hand the browser its device cookie."""
         await self.store.reset(user_tag(ctx.portal, ctx.identity.id), FAIL_COUNTER)
-        token = ctx.device_token or secrets.token_urlsafe(24)  # 192 bits
+        # A new device token at every verification (192 bits), the old one dropped in
+        # the same step: a copy of an earlier device cookie never gains trust again.
+        token = secrets.token_urlsafe(24)
         device = self.device_id(ctx.portal, ctx.identity.id, token)
         await self.store.record_verification(
-            ctx.portal, ctx.identity.id, device, ctx.ip, ctx.now, retention_seconds(ctx.policy)
+            ctx.portal,
+            ctx.identity.id,
+            device,
+            ctx.ip,
+            ctx.now,
+            retention_seconds(ctx.policy),
+            replaces=ctx.device,
         )
         audit.emit("verified", portal=ctx.portal, user=ctx.identity.id, method=method, ip=ctx.ip)
         if extra is not None and not ctx.request.wants_json:

@@ -622,6 +622,25 @@ async def test_a_device_cookie_only_counts_for_its_own_user_portal_and_signature
         assert (moved.status_code, moved.json()["reason"]) == (401, "new_device")
 
 
+async def test_every_verification_rotates_the_device_cookie_and_voids_the_old_one(
+    portal: Portal, open_browser: Callable[..., Browser]
+) -> None:
+    """A copy of an earlier device cookie never gains trust from a later verification."""
+    admin = await logged_in(open_browser, portal)
+    await admin.pass_email("admin")
+    first = admin.client.cookies.get(DEVICE)
+    assert first
+    portal.clock.advance(24 * 3600)  # the reauth duration has passed: verify again
+    await admin.pass_sms(ADMIN_PHONE)  # (the email resend cooldown runs on real time)
+    second = admin.client.cookies.get(DEVICE)
+    assert second and second != first
+
+    fresh = await logged_in(open_browser, portal)
+    stale = await _me_with(fresh, first)
+    assert (stale.status_code, stale.json()["reason"]) == (401, "new_device")
+    assert (await _me_with(fresh, second)).json()["twofa_reason"] == "device_trusted"
+
+
 async def test_a_validly_signed_device_cookie_with_an_invented_token_is_a_new_device(
     portal: Portal, open_browser: Callable[..., Browser]
 ) -> None:

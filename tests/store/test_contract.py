@@ -50,6 +50,19 @@ async def test_record_without_device_or_ip_marks_only_the_user(store: StateStore
     assert (trust.user_verified_at, trust.devices, trust.ips) == (NOW, {}, {})
 
 
+async def test_a_rotated_device_replaces_the_one_it_came_from(store: StateStore) -> None:
+    await store.record_verification(P, U, "old", "ip", NOW, DAY)
+    await store.record_verification(P, U, "other-browser", "ip", NOW + 1, DAY)
+    await store.record_verification(P, U, "new", "ip", NOW + 2, DAY, replaces="old")
+
+    trust = await store.user_trust(P, U)
+    assert trust.devices == {"other-browser": NOW + 1, "new": NOW + 2}
+    assert (await store.read_state(P, U, "old", "ip")).device_verified_at is None
+    # Replacing a device with itself keeps it.
+    await store.record_verification(P, U, "new", "ip", NOW + 3, DAY, replaces="new")
+    assert (await store.user_trust(P, U)).devices == {"other-browser": NOW + 1, "new": NOW + 3}
+
+
 async def test_timestamps_keep_fractions(store: StateStore) -> None:
     await store.record_verification(P, U, "dev", "ip", NOW + 0.125, DAY)
 

@@ -69,11 +69,15 @@ class StateStore(Protocol):
         ip: str | None,
         now: float,
         retention_seconds: float,
+        *,
+        replaces: str | None = None,
     ) -> None:
         """Mark device, IP and user verified at ``now``; keep them ``retention_seconds``.
 
-        The IP list and the device list per user are bounded: the oldest entries
-        are dropped first.
+        ``replaces`` is the device this browser held until now: its record goes in
+        the same step (device tokens rotate at every verification, so an old copy
+        of a device cookie never gains trust again). The IP list and the device
+        list per user are bounded: the oldest entries are dropped first.
         """
         ...
 

@@ -161,6 +161,8 @@ class CachedStore:
         ip: str | None,
         now: float,
         retention_seconds: float,
+        *,
+        replaces: str | None = None,
     ) -> None:
         if retention_seconds < self._min_retention:
             raise ConfigurationError(
@@ -168,7 +170,9 @@ class CachedStore:
                 f"min_retention {self._min_retention!r}"
             )
         try:
-            await self._store.record_verification(portal, user, device, ip, now, retention_seconds)
+            await self._store.record_verification(
+                portal, user, device, ip, now, retention_seconds, replaces=replaces
+            )
         finally:
             # Read-your-writes here; the other processes hear it on the channel.
             self._forget(portal, user)

@@ -102,12 +102,16 @@ class MemoryStore:
         ip: str | None,
         now: float,
         retention_seconds: float,
+        *,
+        replaces: str | None = None,
     ) -> None:
         expires_at = self._clock() + _positive(retention_seconds)
         key = keys.user_tag(portal, user)
         entry = self._get(self._trust, key)
         trust = _Trust() if entry is None else entry[0]
         trust.user_at = now
+        if replaces is not None and replaces != device:
+            trust.devices.pop(replaces, None)
         if device is not None:
             trust.devices[device] = now
         if ip is not None:

@@ -183,6 +183,8 @@ class RedisStore:
         ip: str | None,
         now: float,
         retention_seconds: float,
+        *,
+        replaces: str | None = None,
     ) -> None:
         await self._record(
             keys=[keys.user_key(portal, user, TRUST)],
@@ -195,6 +197,7 @@ class RedisStore:
                 "" if ip is None else f"i:{ip}",
                 keys.TRUST_CHANNEL,
                 keys.user_tag(portal, user),
+                "" if replaces is None else f"d:{replaces}",
             ],
         )
 

@@ -4,10 +4,12 @@
 -- ARGV[3]  max IPs                  ARGV[4]  max devices
 -- ARGV[5]  device field or ''       ARGV[6]  IP field or ''
 -- ARGV[7]  invalidation channel     ARGV[8]  the user's tag (the message)
+-- ARGV[9]  the device field this browser held until now (rotated away) or ''
 local trust, now = KEYS[1], ARGV[1]
-local device, ip = ARGV[5], ARGV[6]
+local device, ip, replaces = ARGV[5], ARGV[6], ARGV[9]
 
 redis.call('HSET', trust, 'u', now)
+if replaces ~= '' and replaces ~= device then redis.call('HDEL', trust, replaces) end
 if device ~= '' then redis.call('HSET', trust, device, now) end
 if ip ~= '' then redis.call('HSET', trust, ip, now) end
 
