@@ -482,15 +482,17 @@ class TwoFactor:
 
     def _csrf_ok(self, ctx: _Ctx, form: Mapping[str, str]) -> bool:
         request = ctx.request
+        # Fetch metadata, computed by the browser: a post from another site, or from
+        # a sibling subdomain (another portal), is refused whatever it carries.
+        if request.header("sec-fetch-site") not in ("", "same-origin", "none"):
+            return False
         if request.is_json_body:
             # JSON cannot be posted cross-site without a CORS preflight; still refuse a
-            # foreign Origin outright.
+            # foreign Origin outright. (Forms are not held to Origin: our pages send
+            # no referrer, so browsers post them with "Origin: null"; the token counts.)
             origin = request.header("origin")
             host = request.header("host")
-            site = request.header("sec-fetch-site")
-            if origin and origin not in (f"http://{host}", f"https://{host}"):
-                return False
-            return site in ("", "same-origin", "none")
+            return not origin or origin in (f"http://{host}", f"https://{host}")
         try:
             data = self.signer.loads(
                 form.get("csrf_token", ""), salt="twofa.csrf", max_age=CSRF_MAX_AGE

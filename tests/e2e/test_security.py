@@ -558,6 +558,23 @@ async def test_a_form_verify_without_a_valid_csrf_token_verifies_nothing(
     assert (await verify(browser, code)).status_code == 200
 
 
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+async def test_a_form_post_from_another_site_is_refused_even_with_a_valid_token(
+    portal: Portal, open_browser: Callable[..., Browser], site: str
+) -> None:
+    """Fetch metadata first: "same-site" is a sibling subdomain, i.e. another portal."""
+    browser = await logged_in(open_browser, portal)
+    token = await browser.csrf()
+    code = await browser.email_code(ADMIN_MAIL)
+    form = {"csrf_token": token, "code": code}
+    refused = await browser.post_form(VERIFY.format("email"), form, **{"sec-fetch-site": site})
+    assert refused.status_code == 403
+    assert (await browser.get_json("/api/me")).status_code == 401
+    # Our own page's form, as a browser posts it under Referrer-Policy: no-referrer.
+    own = {"sec-fetch-site": "same-origin", "origin": "null"}
+    assert (await browser.post_form(VERIFY.format("email"), form, **own)).status_code == 303
+
+
 @pytest.mark.parametrize(
     "header",
     [{"origin": "https://evil.test"}, {"origin": "null"}, {"sec-fetch-site": "cross-site"}],
