@@ -30,6 +30,19 @@ GOOD: dict[str, Any] = {
         pytest.param({"max_failures": 101}, "max_failures", id="over-nist-ceiling-is-refused"),
         pytest.param({"totp_window": 3}, "totp_window", id="wide-totp-window-is-refused"),
         pytest.param(
+            {"max_failures": 100, "failure_window": 60.0},
+            "failure_window",
+            id="over-100-failures-an-hour-is-refused",
+        ),
+        pytest.param({"failure_window": 0}, "failure_window", id="zero-window-is-refused"),
+        pytest.param({"ip_max_failures": 0}, "ip_max_failures", id="zero-ip-budget-is-refused"),
+        pytest.param({"send_cooldown": 0}, "send_cooldown", id="no-resend-cooldown-is-refused"),
+        pytest.param(
+            {"max_sends_per_hour": 0}, "max_sends_per_hour", id="no-sends-at-all-is-refused"
+        ),
+        pytest.param({"code_digits": 4}, "code_digits", id="four-digit-codes-are-refused"),
+        pytest.param({"code_ttl": 601}, "code_ttl", id="codes-over-ten-minutes-are-refused"),
+        pytest.param(
             {"portal_names": {"acme": "Acme\r\nBcc: x"}},
             "portal_names",
             id="portal-name-with-line-break-is-refused",

@@ -30,7 +30,7 @@ from .errors import ConfigurationError, StoreError
 from .http import BadRequest, Request, Response
 from .keys import ip_tag, user_tag
 from .methods.base import MethodStatus, Outcome, SecondFactor, Subject
-from .methods.oob import OutOfBandCode, Sender
+from .methods.oob import OutOfBandCode, Sender, check_code_settings
 from .methods.recovery import RecoveryCodes
 from .methods.totp import Totp
 from .policy import Method, PortalPolicy
@@ -124,6 +124,36 @@ def retention_seconds(policy: PortalPolicy) -> float:
     return min(MAX_RETENTION, max(reauth, ip) + RETENTION_MARGIN)
 
 
+def _check_limits(
+    max_failures: int,
+    failure_window: float,
+    ip_max_failures: int,
+    send_cooldown: float,
+    max_sends_per_hour: int,
+) -> None:
+    """Attempt and send limits within what NIST 800-63B 5.2.2 and ASVS 2.2.1 allow."""
+    if not 1 <= max_failures <= 100:
+        raise ConfigurationError(f"max_failures must be between 1 and 100, got {max_failures}")
+    # At most 100 failed attempts per hour, however the window is cut.
+    if not failure_window > 0 or max_failures * max(1.0, 3600 / failure_window) > 100:
+        raise ConfigurationError(
+            f"failure_window must be a positive number of seconds that allows at most 100 "
+            f"failed attempts per hour ({max_failures} per {failure_window!r} s does not)"
+        )
+    if not 1 <= ip_max_failures <= 10_000:
+        raise ConfigurationError(
+            f"ip_max_failures must be between 1 and 10000, got {ip_max_failures}"
+        )
+    if not 0 < send_cooldown <= 600:
+        raise ConfigurationError(
+            f"send_cooldown must be more than 0 and at most 600 seconds, got {send_cooldown!r}"
+        )
+    if not 1 <= max_sends_per_hour <= 100:
+        raise ConfigurationError(
+            f"max_sends_per_hour must be between 1 and 100, got {max_sends_per_hour}"
+        )
+
+
 class TwoFactor:
     """The core every adapter drives. Everything computable once is done here."""
 
@@ -171,8 +201,12 @@ class TwoFactor:
                 )
         self.pages = Pages(list(template_dirs))
         self.clock = clock
-        if not 1 <= max_failures <= 100:
-            raise ConfigurationError(f"max_failures must be between 1 and 100, got {max_failures}")
+        _check_limits(
+            max_failures, failure_window, ip_max_failures, send_cooldown, max_sends_per_hour
+        )
+        # Checked here, not only by the senders: a bad value must stop the start even
+        # before email or SMS is configured.
+        check_code_settings(code_digits, code_ttl)
         self.max_failures = max_failures
         self.failure_window = failure_window
         self.ip_max_failures = ip_max_failures

@@ -28,6 +28,17 @@ class Sender(Protocol):
     async def send(self, message: CodeMessage) -> None: ...
 
 
+def check_code_settings(digits: int, ttl_seconds: float) -> None:
+    """The floors no configuration may go below (SECURITY 2, 4)."""
+    if not 6 <= digits <= 8:
+        raise ConfigurationError(f"code_digits must be between 6 and 8, got {digits}")
+    if not 0 < ttl_seconds <= MAX_CODE_TTL:
+        raise ConfigurationError(
+            f"code_ttl must be more than 0 and at most {MAX_CODE_TTL:.0f} seconds, "
+            f"got {ttl_seconds}"
+        )
+
+
 class OutOfBandCode:
     """A code from ``secrets``, stored as a keyed hash, single use, expiring."""
 
@@ -42,12 +53,7 @@ class OutOfBandCode:
         digits: int = 6,
         ttl_seconds: float = 300.0,
     ) -> None:
-        if not 6 <= digits <= 8:
-            raise ConfigurationError(f"code_digits must be between 6 and 8, got {digits}")
-        if not 0 < ttl_seconds <= MAX_CODE_TTL:
-            raise ConfigurationError(
-                f"code_ttl_seconds must be between 1 and {MAX_CODE_TTL:.0f}, got {ttl_seconds}"
-            )
+        check_code_settings(digits, ttl_seconds)
         self.method = method
         self.name = method.value
         self.sender = sender
