@@ -196,6 +196,8 @@ def core_options(env: Mapping[str, str], **overrides: Any) -> dict[str, Any]:
         "portal_names": PORTALS,
         "exempt_paths": EXEMPT_PATHS,
         "allow_memory_store": True,
+        # Without TWOFA_SMTP_HOST / TWOFA_SMS_WEBHOOK_URL the demo prints codes.
+        "console_codes": True,
     }
     if settings is not None:
         options.update(settings=settings, admin_page=True)

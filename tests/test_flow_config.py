@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from twofa_middleware.config import core_from_env
 from twofa_middleware.errors import ConfigurationError
 from twofa_middleware.flow import TwoFactor
 from twofa_middleware.portals import single_portal
@@ -60,3 +61,36 @@ def test_bad_configuration_is_refused(change: dict[str, Any], message: str) -> N
 def test_good_configuration_builds() -> None:
     core = TwoFactor(**GOOD)
     assert core.prefix == "/_2fa"
+
+
+@pytest.mark.parametrize(
+    ("env", "console_codes", "methods"),
+    [
+        pytest.param({}, False, {"totp", "recovery"}, id="no-delivery-configured-offers-no-codes"),
+        pytest.param({}, True, {"email", "sms", "totp", "recovery"}, id="development-prints-codes"),
+        pytest.param(
+            {
+                "TWOFA_SMTP_HOST": "localhost",
+                "TWOFA_SMTP_FROM": "2fa@example.test",
+                "TWOFA_SMS_WEBHOOK_URL": "http://localhost:9/sms",
+            },
+            False,
+            {"email", "sms", "totp", "recovery"},
+            id="configured-delivery-offers-codes",
+        ),
+    ],
+)
+def test_codes_are_printed_on_the_console_only_when_asked_for_development(
+    env: dict[str, str],
+    console_codes: bool,
+    methods: set[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A production deployment that forgot TWOFA_SMTP_HOST must not log codes."""
+    base = {"TWOFA_SECRET_KEY": "k" * 40, "TWOFA_PORTALS": "{}"}
+    core = core_from_env(base | env, allow_memory_store=True, console_codes=console_codes)
+    assert set(core.methods) == methods
+    consoles = [s for s in core.senders.values() if "Console" in type(s.sender).__name__]
+    assert bool(consoles) == console_codes
+    if not console_codes and not env:
+        assert "email codes are off: TWOFA_SMTP_HOST is not set" in caplog.text

@@ -44,6 +44,7 @@ def core_from_env(
     environ: Mapping[str, str] | None = None,
     *,
     allow_memory_store: bool = False,
+    console_codes: bool = False,
     **overrides: Any,
 ) -> TwoFactor:
     """A ``TwoFactor`` configured from the environment; keywords override any part.
@@ -51,6 +52,9 @@ def core_from_env(
     Without TWOFA_REDIS_URL the in-memory store is used only when
     ``allow_memory_store`` is true (the single-process demo); anywhere else that
     is a configuration error, since every worker would keep its own state.
+    Without TWOFA_SMTP_HOST (TWOFA_SMS_WEBHOOK_URL) email (SMS) codes are off,
+    unless ``console_codes`` is true (development): then they are printed on the
+    console, which must never happen where real users sign in.
     """
     env = os.environ if environ is None else environ
     secret = overrides.pop("secret_key", None) or env.get("TWOFA_SECRET_KEY")
@@ -83,12 +87,20 @@ def core_from_env(
             settings = RedisSettings.from_url(redis_url)
 
     if "email_sender" not in overrides:
-        overrides["email_sender"] = (
-            SmtpEmailSender.from_env(env) if env.get("TWOFA_SMTP_HOST") else ConsoleEmailSender()
-        )
+        if env.get("TWOFA_SMTP_HOST"):
+            overrides["email_sender"] = SmtpEmailSender.from_env(env)
+        elif console_codes:
+            overrides["email_sender"] = ConsoleEmailSender()
+        else:
+            log.warning("email codes are off: TWOFA_SMTP_HOST is not set")
     if "sms_sender" not in overrides:
         url = env.get("TWOFA_SMS_WEBHOOK_URL")
-        overrides["sms_sender"] = WebhookSmsSender(url) if url else ConsoleSmsSender()
+        if url:
+            overrides["sms_sender"] = WebhookSmsSender(url)
+        elif console_codes:
+            overrides["sms_sender"] = ConsoleSmsSender()
+        else:
+            log.warning("SMS codes are off: TWOFA_SMS_WEBHOOK_URL is not set")
     if "client_ip" not in overrides:
         proxies = env.get("TWOFA_TRUSTED_PROXIES", "")
         overrides["client_ip"] = ClientIPResolver(parse_trusted_proxies(proxies.split(",")))

@@ -363,7 +363,7 @@ def test_constructor_refuses_bad_settings(kwargs: dict[str, object], error: str)
     [
         ("smtp.example.com", 587, False, True),
         ("smtp.example.com", 2525, False, True),
-        ("smtp.example.com", 25, False, False),
+        ("smtp.example.com", 25, False, True),
         ("smtp.example.com", 465, True, False),
         ("localhost", 587, False, False),
         ("127.0.0.1", 587, False, False),
@@ -396,10 +396,10 @@ BASE_ENV = {"TWOFA_SMTP_HOST": "smtp.example.com", "TWOFA_SMTP_FROM": SENDER}
     [
         ({}, ("smtp.example.com", 587, True, False)),
         ({"TWOFA_SMTP_PORT": "2525"}, ("smtp.example.com", 2525, True, False)),
-        ({"TWOFA_SMTP_PORT": " 25 "}, ("smtp.example.com", 25, False, False)),
+        ({"TWOFA_SMTP_PORT": " 25 "}, ("smtp.example.com", 25, True, False)),
         (
-            {"TWOFA_SMTP_PORT": "25", "TWOFA_SMTP_STARTTLS": "true"},
-            ("smtp.example.com", 25, True, False),
+            {"TWOFA_SMTP_PORT": "25", "TWOFA_SMTP_STARTTLS": "false"},
+            ("smtp.example.com", 25, False, False),
         ),
         ({"TWOFA_SMTP_PORT": "465"}, ("smtp.example.com", 465, False, True)),
         ({"TWOFA_SMTP_TLS": "true"}, ("smtp.example.com", 465, False, True)),
@@ -498,7 +498,12 @@ def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -
             "TWOFA_SMTP_PASSWORD must not contain line breaks or control characters",
         ),
         (
-            {"TWOFA_SMTP_USERNAME": "u", "TWOFA_SMTP_PASSWORD": "p", "TWOFA_SMTP_PORT": "25"},
+            {
+                "TWOFA_SMTP_USERNAME": "u",
+                "TWOFA_SMTP_PASSWORD": "p",
+                "TWOFA_SMTP_PORT": "25",
+                "TWOFA_SMTP_STARTTLS": "false",
+            },
             "TWOFA_SMTP_PASSWORD must not be sent without TLS: "
             "set TWOFA_SMTP_STARTTLS=true or TWOFA_SMTP_TLS=true",
         ),

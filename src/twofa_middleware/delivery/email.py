@@ -128,10 +128,11 @@ def _check_credentials(username: object, password: object, user_name: str, pass_
 
 
 def _default_starttls(host: str, port: int, use_tls: bool) -> bool:
-    # Port 25 and loopback are where a local MTA/relay listens, typically without
-    # a certificate matching its name; everything else is a submission server
-    # that must offer STARTTLS.
-    return not use_tls and port != 25 and not is_loopback_host(host)
+    # Codes cross the network only encrypted: STARTTLS with certificate checks to
+    # every host but loopback (a local MTA, typically without a certificate for its
+    # name), whatever the port. A plaintext relay elsewhere must be asked for
+    # explicitly (TWOFA_SMTP_STARTTLS=false).
+    return not use_tls and not is_loopback_host(host)
 
 
 def _parse_bool(value: str, name: str) -> bool:
