@@ -213,3 +213,28 @@ async def test_a_stalled_server_cannot_hang_a_call() -> None:
             assert time.monotonic() - started < 0.55
         finally:
             await store.close()
+
+
+@pytest.mark.parametrize(
+    ("policy", "warned"),
+    [
+        pytest.param("allkeys-lru", True, id="allkeys-eviction-is-warned-about"),
+        pytest.param("volatile-ttl", True, id="ttl-eviction-is-warned-about"),
+        pytest.param("noeviction", False, id="noeviction-is-quiet"),
+    ],
+)
+async def test_an_eviction_policy_that_could_drop_counters_is_warned_about_at_start(
+    redis_store: RedisStore,
+    raw_redis: Redis,
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+    warned: bool,
+) -> None:
+    before = (await raw_redis.config_get("maxmemory-policy"))["maxmemory-policy"]
+    await raw_redis.config_set("maxmemory-policy", policy)
+    try:
+        with caplog.at_level("WARNING", logger="twofa_middleware"):
+            await redis_store.start()
+    finally:
+        await raw_redis.config_set("maxmemory-policy", before)
+    assert (f"maxmemory-policy is '{policy}'" in caplog.text) is warned

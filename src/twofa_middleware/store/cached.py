@@ -244,6 +244,9 @@ class CachedStore:
 
     async def start(self) -> None:
         """Subscribe to invalidations; until that is confirmed nothing is cached."""
+        start_store = getattr(self._store, "start", None)  # optional, as for the core
+        if start_store is not None:
+            await start_store()
         await self._invalidator.start()
 
     async def close(self) -> None:

@@ -30,6 +30,7 @@ caller is, so the near-caches of every process (``CachedStore``) hear of it.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from importlib import resources
@@ -40,7 +41,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError, RedisError
+from redis.exceptions import ConnectionError, RedisError, ResponseError
 
 from .. import keys
 from ..decision import VerificationState
@@ -58,6 +59,9 @@ TOTP = "totp"
 TOTP_STEP = "totp_step"
 RECOVERY = "recovery"
 INDEX = "index"
+
+
+log = logging.getLogger("twofa_middleware")
 
 
 def _wrap_errors(method: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
@@ -357,5 +361,31 @@ class RedisStore:
         await self._redis.ping()
 
     @_wrap_errors
+    async def start(self) -> None:
+        """At start-up: warn when Redis may evict what must not be lost (SECURITY 100).
+
+        Attempt counters and single-use markers carry a TTL, so any eviction policy
+        but ``noeviction`` may drop them under memory pressure: a fresh attempt
+        budget, a code or TOTP step accepted twice. Never fatal: a managed Redis may
+        refuse CONFIG, and a Redis that is down is answered per request (503).
+        """
+        try:
+            reply = await self._redis.config_get("maxmemory-policy")
+        except ResponseError:
+            log.info("Redis refused CONFIG GET maxmemory-policy; make sure it is noeviction")
+            return
+        except (RedisError, OSError) as exc:
+            log.warning("cannot check Redis maxmemory-policy at start: %s", exc)
+            return
+        values = {_text(k): _text(v) for k, v in reply.items() if k and v}
+        policy = values.get("maxmemory-policy")
+        if policy is not None and policy != "noeviction":
+            log.warning(
+                "Redis maxmemory-policy is %r: under memory pressure Redis may evict attempt "
+                "counters and single-use markers (extra guesses, replayed codes); set "
+                "maxmemory-policy to noeviction",
+                policy,
+            )
+
     async def close(self) -> None:
         await self._redis.aclose()
