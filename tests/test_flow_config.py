@@ -41,6 +41,9 @@ GOOD: dict[str, Any] = {
         pytest.param(
             {"max_sends_per_hour": 0}, "max_sends_per_hour", id="no-sends-at-all-is-refused"
         ),
+        pytest.param(
+            {"ip_max_sends_per_hour": 0}, "ip_max_sends_per_hour", id="no-sends-per-ip-is-refused"
+        ),
         pytest.param({"code_digits": 4}, "code_digits", id="four-digit-codes-are-refused"),
         pytest.param({"code_ttl": 601}, "code_ttl", id="codes-over-ten-minutes-are-refused"),
         pytest.param(

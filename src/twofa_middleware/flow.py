@@ -51,6 +51,7 @@ CSRF_MAX_AGE: Final = 3600
 FAIL_COUNTER: Final = "fail"
 # Verified device cookies remembered per process (about 300 bytes each).
 _DEVICE_COOKIE_MEMO: Final = 10_000
+_SEND_WAIT: Final = "Please wait before asking for another code."
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,7 @@ def _check_limits(
     ip_max_failures: int,
     send_cooldown: float,
     max_sends_per_hour: int,
+    ip_max_sends_per_hour: int,
 ) -> None:
     """Attempt and send limits within what NIST 800-63B 5.2.2 and ASVS 2.2.1 allow."""
     if not 1 <= max_failures <= 100:
@@ -151,6 +153,10 @@ def _check_limits(
     if not 1 <= max_sends_per_hour <= 100:
         raise ConfigurationError(
             f"max_sends_per_hour must be between 1 and 100, got {max_sends_per_hour}"
+        )
+    if not 1 <= ip_max_sends_per_hour <= 10_000:
+        raise ConfigurationError(
+            f"ip_max_sends_per_hour must be between 1 and 10000, got {ip_max_sends_per_hour}"
         )
 
 
@@ -177,6 +183,7 @@ class TwoFactor:
         ip_max_failures: int = 50,
         send_cooldown: float = 30.0,
         max_sends_per_hour: int = 10,
+        ip_max_sends_per_hour: int = 50,
         code_ttl: float = 300.0,
         code_digits: int = 6,
         totp_window: int = 1,
@@ -202,7 +209,12 @@ class TwoFactor:
         self.pages = Pages(list(template_dirs))
         self.clock = clock
         _check_limits(
-            max_failures, failure_window, ip_max_failures, send_cooldown, max_sends_per_hour
+            max_failures,
+            failure_window,
+            ip_max_failures,
+            send_cooldown,
+            max_sends_per_hour,
+            ip_max_sends_per_hour,
         )
         # Checked here, not only by the senders: a bad value must stop the start even
         # before email or SMS is configured.
@@ -212,6 +224,7 @@ class TwoFactor:
         self.ip_max_failures = ip_max_failures
         self.send_cooldown = send_cooldown
         self.max_sends_per_hour = max_sends_per_hour
+        self.ip_max_sends_per_hour = ip_max_sends_per_hour
         self.signer = URLSafeTimedSerializer(self.keyring.signing_key)
 
         self.totp = Totp(store, self.keyring, issuer=issuer, window=totp_window)
@@ -635,12 +648,9 @@ class TwoFactor:
             return self._error(
                 ctx.request, 403, "method_not_allowed", "This method is not available to you."
             )
-        tag = user_tag(ctx.portal, ctx.identity.id)
-        wait = await self.store.claim(tag, f"send:{name}", self.send_cooldown)
-        hourly = await self.store.hit(tag, "sends", 3600) if not wait else None
-        if wait or (hourly is not None and hourly.count > self.max_sends_per_hour):
-            retry = wait or (hourly.resets_in if hourly else self.send_cooldown)
-            return self._too_many(ctx.request, retry, "Please wait before asking for another code.")
+        refused = await self._reserve_send(ctx, name)
+        if refused is not None:
+            return refused
         await sender.send(subject)
         audit.emit("code_sent", portal=ctx.portal, user=ctx.identity.id, method=name, ip=ctx.ip)
         nxt = safe_next(form.get("next"))
@@ -651,6 +661,23 @@ class TwoFactor:
         return _no_store(
             Response.redirect(f"{self.prefix}/challenge?next={quote(nxt, safe='')}&sent={name}")
         )
+
+    async def _reserve_send(self, ctx: _Ctx, method: str) -> Response | None:
+        """Throttle sends per user (cooldown, hourly cap) and per client IP across users
+        (one address asking codes for many accounts: SMS pumping, mail bombing)."""
+        tag = user_tag(ctx.portal, ctx.identity.id)
+        wait = await self.store.claim(tag, f"send:{method}", self.send_cooldown)
+        if wait:
+            return self._too_many(ctx.request, wait, _SEND_WAIT)
+        for key, limit in (
+            (tag, self.max_sends_per_hour),
+            (None if ctx.ip is None else ip_tag(ctx.portal, ctx.ip), self.ip_max_sends_per_hour),
+        ):
+            if key is not None:
+                hourly = await self.store.hit(key, "sends", 3600)
+                if hourly.count > limit:
+                    return self._too_many(ctx.request, hourly.resets_in, _SEND_WAIT)
+        return None
 
     async def _reserve_attempt(self, ctx: _Ctx) -> Response | None:
         """Count the attempt BEFORE the code is looked at; refuse when over budget.

@@ -397,6 +397,24 @@ async def test_one_ip_guessing_for_many_users_is_throttled(
     assert (await verify(elsewhere, "000000")).status_code == 400
 
 
+async def test_one_ip_asking_codes_for_many_users_is_throttled(
+    custom_portal: PortalStarter, open_browser: Callable[..., Browser]
+) -> None:
+    """SMS pumping or mail bombing from one address through several accounts (85)."""
+    portal = custom_portal(ip_max_sends_per_hour=1)
+    spray = "203.0.113.8"
+    admin = await logged_in(open_browser, portal, "admin", ip=spray)
+    await admin.email_code(ADMIN_MAIL)
+    worker = await logged_in(open_browser, portal, "worker", ip=spray)
+    refused = await worker.post_json(SEND.format("email"), {})
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) > 0
+    # Another address is not affected.
+    elsewhere = await logged_in(open_browser, portal, "client", ip="203.0.113.98")
+    await elsewhere.email_code("client@acme.test")
+    assert mails_to(portal, "client@acme.test") == 1
+
+
 # --- 3. races (items 14, 21) ---------------------------------------------------
 
 
