@@ -94,6 +94,17 @@ class _Ctx:
     def subject(self, portal_name: str) -> Subject:
         return Subject(self.portal, portal_name, self.identity, self.policy, self.now)
 
+    def audit(self, event: str, **fields: object) -> None:
+        """An audit event about this request's user: who, from where, with what."""
+        audit.emit(
+            event,
+            portal=self.portal,
+            user=self.identity.id,
+            ip=self.ip,
+            user_agent=self.request.header("user-agent") or None,
+            **fields,
+        )
+
 
 Handler = Callable[["TwoFactor", _Ctx], Awaitable[Response]]
 
@@ -360,8 +371,7 @@ class TwoFactor:
         try:
             return await self._gate(request, identity)
         except StoreError:
-            log.warning("store unavailable: failing closed", exc_info=True)
-            return Respond(self._unavailable(request))
+            return Respond(self._unavailable(request, identity))
 
     async def _gate(self, request: Request, identity: Identity) -> Result:
         # The hot path of every protected request: the same steps as _context and
@@ -381,7 +391,14 @@ class TwoFactor:
         decision = decide(policy, identity, device, ip, self.clock(), state)
         if decision.passed:
             return Passed(TwoFactorInfo(portal, decision, identity))
-        audit.emit("challenge", portal=portal, user=identity.id, reason=decision.reason, ip=ip)
+        audit.emit(
+            "challenge",
+            portal=portal,
+            user=identity.id,
+            reason=decision.reason,
+            ip=ip,
+            user_agent=request.header("user-agent") or None,
+        )
         return Respond(self._challenge_response(request, decision), decision)
 
     def _portal(self, request: Request, identity: Identity) -> str | Response:
@@ -569,8 +586,7 @@ class TwoFactor:
         except BadRequest as exc:
             return self._error(request, 400, "bad_request", str(exc))
         except StoreError:
-            log.warning("store unavailable: failing closed", exc_info=True)
-            return self._unavailable(request)
+            return self._unavailable(request, identity)
         except Exception:
             log.exception("2FA endpoint failed")
             return self._error(request, 500, "internal_error", "Something went wrong.")
@@ -652,7 +668,7 @@ class TwoFactor:
         if refused is not None:
             return refused
         await sender.send(subject)
-        audit.emit("code_sent", portal=ctx.portal, user=ctx.identity.id, method=name, ip=ctx.ip)
+        ctx.audit("code_sent", method=name)
         nxt = safe_next(form.get("next"))
         if ctx.request.wants_json:
             return _no_store(
@@ -697,7 +713,7 @@ class TwoFactor:
         if not (over_user or over_ip):
             return None
         if user.count == self.max_failures + 1:
-            audit.emit("lockout", portal=ctx.portal, user=ctx.identity.id, ip=ctx.ip)
+            ctx.audit("lockout")
         retry = max(
             user.resets_in if over_user else 0.0,
             by_ip.resets_in if over_ip and by_ip is not None else 0.0,
@@ -723,16 +739,8 @@ class TwoFactor:
         nxt = safe_next(form.get("next"))
         if outcome is not Outcome.OK:
             if outcome is Outcome.REPLAY:
-                audit.emit(
-                    "totp_replay_rejected", portal=ctx.portal, user=ctx.identity.id, ip=ctx.ip
-                )
-            audit.emit(
-                "verification_failed",
-                portal=ctx.portal,
-                user=ctx.identity.id,
-                method=name,
-                ip=ctx.ip,
-            )
+                ctx.audit("totp_replay_rejected")
+            ctx.audit("verification_failed", method=name, outcome=outcome.value)
             return await self._wrong_code(ctx, statuses=None, nxt=nxt)
         return await self._verified(ctx, name, nxt)
 
@@ -784,7 +792,9 @@ class TwoFactor:
             retention_seconds(ctx.policy),
             replaces=ctx.device,
         )
-        audit.emit("verified", portal=ctx.portal, user=ctx.identity.id, method=method, ip=ctx.ip)
+        # new_device: this browser held no valid device cookie (e.g. for a notice to the
+        # user from an audit sink: "a new sign-in to your account").
+        ctx.audit("verified", method=method, new_device=ctx.device is None)
         if extra is not None and not ctx.request.wants_json:
             response = self.pages.render(
                 200,
@@ -884,13 +894,7 @@ class TwoFactor:
         if "code" not in form:
             account = ctx.identity.email or ctx.identity.id
             secret, uri = await self.totp.start_enrollment(subject, account)
-            audit.emit(
-                "enrollment_started",
-                portal=ctx.portal,
-                user=ctx.identity.id,
-                method="totp",
-                ip=ctx.ip,
-            )
+            ctx.audit("enrollment_started", method="totp")
             if ctx.request.wants_json:
                 return _no_store(Response.json(200, {"secret": secret, "otpauth_uri": uri}))
             return self._enroll_render(ctx, 200, nxt, secret=secret, uri=uri)
@@ -899,18 +903,12 @@ class TwoFactor:
             return refused
         outcome = await self.totp.confirm_enrollment(subject, form["code"])
         if outcome is not Outcome.OK:
-            audit.emit(
-                "verification_failed",
-                portal=ctx.portal,
-                user=ctx.identity.id,
-                method="totp_enrollment",
-                ip=ctx.ip,
-            )
+            ctx.audit("verification_failed", method="totp_enrollment", outcome="wrong")
             if ctx.request.wants_json:
                 return await self._wrong_code(ctx, statuses=None, nxt=nxt)
             return self._enroll_render(ctx, 400, nxt, error="That code is not valid. Start again.")
         codes = await self.recovery.regenerate(subject)
-        audit.emit("enrolled", portal=ctx.portal, user=ctx.identity.id, method="totp", ip=ctx.ip)
+        ctx.audit("enrolled", method="totp")
         # Confirming an enrollment counts as a verification.
         return await self._verified(ctx, "totp", nxt, {"recovery_codes": codes})
 
@@ -947,7 +945,7 @@ class TwoFactor:
         if not await self._fresh(ctx) or not await self.totp.enrolled(subject):
             return self._forbidden_enrollment(ctx.request)
         codes = await self.recovery.regenerate(subject)
-        audit.emit("recovery_codes_regenerated", portal=ctx.portal, user=ctx.identity.id, ip=ctx.ip)
+        ctx.audit("recovery_codes_regenerated")
         if ctx.request.wants_json:
             return _no_store(Response.json(200, {"recovery_codes": codes}))
         return self.pages.render(
@@ -974,7 +972,14 @@ class TwoFactor:
         response.headers.append(("retry-after", str(max(1, math.ceil(retry_after)))))
         return response
 
-    def _unavailable(self, request: Request) -> Response:
+    def _unavailable(self, request: Request, identity: Identity) -> Response:
+        """Fail closed: Redis (or another store) cannot be reached."""
+        log.warning("store unavailable: failing closed", exc_info=True)
+        try:
+            portal = self.resolve_portal(request) or ""
+        except Exception:  # noqa: BLE001 - already logged where the gate resolved it
+            portal = ""
+        audit.emit("store_unavailable", portal=portal, user=identity.id, path=request.path)
         response = self._error(
             request,
             503,

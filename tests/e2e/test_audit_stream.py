@@ -52,6 +52,12 @@ async def test_flow_events_reach_the_stream_without_codes_or_contacts(
     assert challenge["ip"] == "198.51.100.10"
     verified = events[-1]
     assert verified["method"] == "email"
+    # Who, from where, with what: enough for an audit sink to notify the user of a
+    # sign-in from a new browser.
+    assert verified["new_device"] is True
+    assert all(e["user_agent"].startswith("python-httpx/") for e in events)
+    failed = [e for e in events if e["event"] == "verification_failed"]
+    assert [(e["method"], e["outcome"]) for e in failed] == [("email", "wrong")]
     # Everything but the timestamps and stream ids (long digit runs of their own).
     text = json.dumps([{k: v for k, v in e.items() if k not in ("at", "id")} for e in events])
     assert code not in text
