@@ -52,6 +52,7 @@ async def test_admin_sees_the_switch_and_the_five_settings(portal: Portal) -> No
     ):
         assert label in text
     assert "None selected means all methods are allowed." in text
+    assert "codes by text message or email can be intercepted" in text
     assert "None selected means every user." in text
     assert "Default 24; empty means never." in text
     assert "Default 720; empty means never." in text
