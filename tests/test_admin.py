@@ -279,6 +279,32 @@ async def test_user_status_reset_and_unlock(
     assert await browser.reason() == "new_device"
 
 
+async def test_revoking_a_user_keeps_factors_and_asks_every_device_again(
+    admin: PortalAdmin, core: tuple[TwoFactor, Outbox], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The host app's "password changed" / "sign out everywhere" hook."""
+    import pyotp
+
+    await admin.enable_portal("acme")
+    browser = Browser(*core, identity=Identity("bob", Group.WORKER))
+    start = await browser.post("/_2fa/enroll/totp", {})
+    secret = json.loads(start.body)["secret"]
+    done = await browser.post("/_2fa/enroll/totp", {"code": pyotp.TOTP(secret).now()})
+    assert done.status == 200, done.body
+    assert await browser.reason() == "device_trusted"
+
+    with caplog.at_level("INFO", logger="twofa_middleware.audit"):
+        await admin.revoke_user("acme", "bob", actor="app", reason="password changed")
+    assert await browser.reason() == "new_device"
+    status = await admin.user_status("acme", "bob")
+    assert (status.totp_enrolled, status.recovery_codes_left) == (True, 10)
+    assert status.devices == [] and status.ips == []
+    events = [r.twofa for r in caplog.records if hasattr(r, "twofa")]
+    assert [(e["event"], e["actor"], e["reason"]) for e in events] == [
+        ("user_trust_revoked", "app", "password changed")
+    ]
+
+
 async def test_user_status_shows_totp_and_recovery_codes(
     admin: PortalAdmin, core: tuple[TwoFactor, Outbox]
 ) -> None:

@@ -281,6 +281,18 @@ def test_user_commands(twofa: Run, redis_url: str) -> None:
     assert status["devices"] == status["ips"] == [] and status["last_verified_at"] is None
 
 
+def test_user_revoke_asks_every_device_again_and_keeps_factors(twofa: Run, redis_url: str) -> None:
+    asyncio.run(_seed(redis_url, time.time()))
+    r = twofa("user", "revoke", "acme", "bob", "--reason", "password changed")
+    assert (r.code, r.out) == (0, "acme: bob: every device and IP verifies again; factors kept\n")
+    status = twofa("user", "status", "acme", "bob", "--json").json()
+    assert status["devices"] == status["ips"] == []
+    again = twofa("user", "revoke", "acme", "bob", "--json").json()
+    assert again == {"portal": "acme", "user": "bob", "revoked": True}
+    [event, _] = twofa("audit", "tail", "acme", "--json").json()
+    assert (event["event"], event["reason"]) == ("user_trust_revoked", "password changed")
+
+
 def test_audit_tail(twofa: Run) -> None:
     twofa("portal", "set", "acme", "--methods", "totp", "--actor", "alice", "--reason", "pilot")
     twofa("portal", "enable", "acme", "--actor", "alice")

@@ -375,6 +375,20 @@ class PortalAdmin:
         await self.store.delete_user(portal, user)
         audit.emit("user_reset", portal=portal, user=user, actor=actor, reason=reason)
 
+    async def revoke_user(
+        self, portal: str, user: str, *, actor: str | None = None, reason: str | None = None
+    ) -> None:
+        """Every device and IP of the user must verify again; factors are kept.
+
+        For the host app's account events (password changed, "sign out everywhere",
+        account recovered): trust earned before them stops counting at once, in
+        every process.
+        """
+        check_portal_id(portal)
+        check_user_id(user)
+        await self.store.revoke_trust(portal, user)
+        audit.emit("user_trust_revoked", portal=portal, user=user, actor=actor, reason=reason)
+
     async def unlock_user(
         self, portal: str, user: str, *, actor: str | None = None, reason: str | None = None
     ) -> bool:

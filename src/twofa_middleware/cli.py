@@ -4,7 +4,7 @@
     twofa portal set PORTAL [--methods email,totp] [--groups administrator,worker]
                             [--ip-change-only | --no-ip-change-only]
                             [--reauth-hours 12|never] [--ip-verification-hours 168|never]
-    twofa user status|reset|unlock PORTAL USER
+    twofa user status|revoke|reset|unlock PORTAL USER
     twofa audit tail PORTAL [-n 50]
 
 Redis comes from ``--redis-url`` or ``TWOFA_REDIS_URL``. Read commands take
@@ -270,6 +270,14 @@ async def user_reset(admin: PortalAdmin, args: argparse.Namespace, out: TextIO) 
     )
 
 
+async def user_revoke(admin: PortalAdmin, args: argparse.Namespace, out: TextIO) -> None:
+    await admin.revoke_user(args.portal, args.user, actor=args.actor, reason=args.reason)
+    if args.json:
+        _print_json({"portal": args.portal, "user": args.user, "revoked": True}, out)
+        return
+    out.write(f"{args.portal}: {args.user}: every device and IP verifies again; factors kept\n")
+
+
 async def user_unlock(admin: PortalAdmin, args: argparse.Namespace, out: TextIO) -> None:
     was_locked = await admin.unlock_user(
         args.portal, args.user, actor=args.actor, reason=args.reason
@@ -409,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         user_status,
         "enrolled methods, trusted devices and IPs, lockout",
+        user=True,
+    )
+    leaf(
+        ucmds,
+        "revoke",
+        user_revoke,
+        "every device and IP of the user verifies again (factors kept)",
+        write=True,
         user=True,
     )
     leaf(
