@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.redis_server import free_port
+from twofa_middleware import audit
 from twofa_middleware.decision import Identity
 from twofa_middleware.flow import Respond, TwoFactor
 from twofa_middleware.http import Request
@@ -34,3 +35,20 @@ async def test_failing_closed_is_an_audit_event_naming_portal_user_and_path(
     assert [(e["event"], e["portal"], e["user"], e["path"]) for e in events] == [
         ("store_unavailable", "acme", "alice", "/reports")
     ]
+
+
+@pytest.mark.parametrize(
+    "user",
+    ["a\nFAKE", "a\x85FAKE", "a\u2028FAKE", "a\u2029FAKE", "a\x9b31mFAKE", "a\x1b[31mFAKE"],
+    ids=["lf", "nel", "line-separator", "paragraph-separator", "c1-csi", "ansi-escape"],
+)
+def test_no_control_or_line_breaking_character_survives_into_an_audit_record(
+    user: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="twofa_middleware.audit"):
+        audit.emit("challenge", portal="acme", user=user)
+    [record] = caplog.records
+    line = record.getMessage()
+    assert len(line.splitlines()) == 1
+    assert record.twofa["user"].startswith("a") and record.twofa["user"].endswith("FAKE")
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in record.twofa["user"])

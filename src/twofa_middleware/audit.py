@@ -39,7 +39,9 @@ from .errors import ConfigurationError, StoreError
 
 log = logging.getLogger("twofa_middleware.audit")
 
-_CONTROL = {i: None for i in range(32)} | {127: None}
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: anything
+# that a terminal or str.splitlines() could take for a new line or an escape.
+_CONTROL = {i: None for i in (*range(32), *range(127, 160), 0x2028, 0x2029)}
 
 # Entries kept per portal stream (approximately: XADD MAXLEN ~).
 STREAM_MAXLEN: Final = 10_000

@@ -740,7 +740,7 @@ class TwoFactor:
         if outcome is not Outcome.OK:
             if outcome is Outcome.REPLAY:
                 ctx.audit("totp_replay_rejected")
-            ctx.audit("verification_failed", method=name, outcome=outcome.value)
+            ctx.audit("verification_failed", method=name, outcome=outcome)
             return await self._wrong_code(ctx, statuses=None, nxt=nxt)
         return await self._verified(ctx, name, nxt)
 
