@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from redis.asyncio import Redis
 
 from tests.support.redis_server import RedisServer
 from twofa_middleware import audit
@@ -29,3 +30,13 @@ def redis_url(redis_server: RedisServer) -> str:
     audit.flush(timeout=5.0)
     redis_server.flushall()
     return redis_server.url
+
+
+@pytest.fixture
+async def raw_redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A plain client on the test database, to look behind the code under test."""
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

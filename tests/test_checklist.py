@@ -26,6 +26,7 @@ import pytest
 from redis.asyncio import Redis
 from starlette.types import Message, Receive, Scope, Send
 
+from tests.support.clock import ManualClock
 from tests.support.core_harness import SECRET, Browser, Outbox
 from tests.support.sms_gateway import Gateway, start_gateway, stop_gateway
 from twofa_middleware.asgi import TwoFactorMiddleware
@@ -54,19 +55,6 @@ TINA = Identity("tina", Group.WORKER)
 TOTP_VERIFY = "/_2fa/challenge/totp/verify"
 EMAIL_SEND = "/_2fa/challenge/email/send"
 EMAIL_VERIFY = "/_2fa/challenge/email/verify"
-
-
-class Clock:
-    """The core's clock, moved by hand."""
-
-    def __init__(self, now: float = STEP_START + 15) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -98,12 +86,14 @@ def outbox() -> Iterator[Outbox]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(STEP_START + 15)  # mid-step: +-30 s is one step either side
 
 
 @pytest.fixture
-async def make_core(redis_url: str, outbox: Outbox, clock: Clock) -> AsyncIterator[CoreFactory]:
+async def make_core(
+    redis_url: str, outbox: Outbox, clock: ManualClock
+) -> AsyncIterator[CoreFactory]:
     """Cores on the test Redis and SMTP server, with static policies and ``clock``."""
     cores: list[TwoFactor] = []
 
@@ -125,15 +115,6 @@ async def make_core(redis_url: str, outbox: Outbox, clock: Clock) -> AsyncIterat
     yield make
     for core in cores:
         await core.close()
-
-
-@pytest.fixture
-async def raw_redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def body(response: Response) -> dict[str, Any]:
@@ -165,7 +146,7 @@ async def pass_email(client: Browser) -> str:
     return code
 
 
-async def enroll_totp(client: Browser, clock: Clock) -> str:
+async def enroll_totp(client: Browser, clock: ManualClock) -> str:
     """Enroll and confirm an authenticator app at ``clock``; its base32 seed."""
     started = await client.post("/_2fa/enroll/totp", {})
     assert started.status == 200, started.body
@@ -302,7 +283,12 @@ async def test_codes_are_uniform_over_the_whole_space_leading_zeros_included() -
     ],
 )
 async def test_totp_accepts_at_most_one_step_either_side(
-    make_core: CoreFactory, outbox: Outbox, clock: Clock, window: int, offset: int, accepted: bool
+    make_core: CoreFactory,
+    outbox: Outbox,
+    clock: ManualClock,
+    window: int,
+    offset: int,
+    accepted: bool,
 ) -> None:
     """Item 5: with window=1 a code from t-30 s passes and one from t-60 s does not."""
     core = make_core(totp_window=window)
@@ -326,7 +312,7 @@ async def test_totp_accepts_at_most_one_step_either_side(
     ],
 )
 async def test_totp_is_checked_against_the_server_clock_whatever_time_the_client_claims(
-    make_core: CoreFactory, outbox: Outbox, clock: Clock, claim: str
+    make_core: CoreFactory, outbox: Outbox, clock: ManualClock, claim: str
 ) -> None:
     """Item 6: a client-supplied time an hour in the past changes nothing."""
     core = make_core()
@@ -369,7 +355,7 @@ async def test_totp_is_checked_against_the_server_clock_whatever_time_the_client
 async def test_variants_of_a_used_totp_code_are_rejected(
     make_core: CoreFactory,
     outbox: Outbox,
-    clock: Clock,
+    clock: ManualClock,
     caplog: pytest.LogCaptureFixture,
     variant: Callable[[str], str],
     replay_logged: bool,
@@ -413,7 +399,7 @@ async def test_variants_of_a_used_totp_code_are_rejected(
     ],
 )
 async def test_non_ascii_empty_or_misshapen_forms_of_an_unused_totp_code_are_refused_and_counted(
-    make_core: CoreFactory, outbox: Outbox, clock: Clock, variant: Callable[[str], str]
+    make_core: CoreFactory, outbox: Outbox, clock: ManualClock, variant: Callable[[str], str]
 ) -> None:
     """Item 35: only exactly six ASCII digits count, even for a right, unused step
     (pyotp's own comparison NFKC-normalises, so full-width digits would match)."""
@@ -828,7 +814,7 @@ def device_cookies(responses: list[Response]) -> list[str]:
 
 
 async def test_redis_holds_no_totp_seed_no_plain_code_and_no_raw_device_token(
-    make_core: CoreFactory, outbox: Outbox, clock: Clock, raw_redis: Redis
+    make_core: CoreFactory, outbox: Outbox, clock: ManualClock, raw_redis: Redis
 ) -> None:
     """Items 68-70: after email codes, a TOTP enrollment and a TOTP sign-in, a scan of
     every Redis key and value finds the seed in no form, no plain email code, and

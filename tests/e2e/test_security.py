@@ -121,13 +121,6 @@ async def open_browser() -> AsyncIterator[Callable[..., Browser]]:
         await browser.aclose()
 
 
-@pytest.fixture
-async def raw_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 async def expire_now(client: aioredis.Redis, name: str) -> None:
     """Let a key's Redis TTL run out now, as if its window had passed."""
     assert await client.pexpire(name, 1), f"{name} does not exist"

@@ -8,27 +8,15 @@ from dataclasses import dataclass, field
 import pytest
 from redis.asyncio import Redis
 
+from tests.support.clock import ManualClock
 from twofa_middleware.store import MemoryStore, RedisStore, StateStore
-
-
-class FakeClock:
-    """A clock the test moves by hand, for MemoryStore's expiries."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
 class Backend:
     """One backend under test, and the means to look behind its API."""
 
-    clock: FakeClock
+    clock: ManualClock
     # Redis only: the server's URL and a second, raw client to inspect keys.
     url: str | None = None
     raw: Redis | None = None
@@ -78,7 +66,7 @@ def backend_url(request: pytest.FixtureRequest) -> str | None:
 @pytest.fixture
 async def backend(backend_url: str | None) -> AsyncIterator[Backend]:
     raw = None if backend_url is None else Redis.from_url(backend_url)
-    b = Backend(clock=FakeClock(), url=backend_url, raw=raw)
+    b = Backend(clock=ManualClock(), url=backend_url, raw=raw)
     try:
         yield b
     finally:
@@ -100,12 +88,3 @@ async def redis_store(redis_url: str) -> AsyncIterator[RedisStore]:
         yield store
     finally:
         await store.close()
-
-
-@pytest.fixture
-async def raw_redis(redis_url: str) -> AsyncIterator[Redis]:
-    raw = Redis.from_url(redis_url)
-    try:
-        yield raw
-    finally:
-        await raw.aclose()
