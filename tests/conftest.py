@@ -6,6 +6,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.support.redis_server import RedisServer
+from tests.support.sms_gateway import Gateway, start_gateway, stop_gateway
 from twofa_middleware import audit
 
 
@@ -40,3 +41,13 @@ async def raw_redis(redis_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def gateway() -> Iterator[Gateway]:
+    """A real HTTP SMS gateway on 127.0.0.1 (plain http: allowed for loopback)."""
+    gw, thread = start_gateway(None)
+    try:
+        yield gw
+    finally:
+        stop_gateway(gw, thread)

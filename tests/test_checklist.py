@@ -28,7 +28,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from tests.support.clock import ManualClock
 from tests.support.core_harness import SECRET, Browser, Outbox
-from tests.support.sms_gateway import Gateway, start_gateway, stop_gateway
+from tests.support.sms_gateway import Gateway
 from twofa_middleware.asgi import TwoFactorMiddleware
 from twofa_middleware.crypto import Keyring
 from twofa_middleware.decision import Identity
@@ -722,15 +722,6 @@ async def test_in_ip_mode_a_second_user_behind_the_same_nat_is_still_challenged(
     assert await challenged(bob) == "new_ip"
 
 
-@pytest.fixture
-def sms_gateway() -> Iterator[Gateway]:
-    gateway, thread = start_gateway(None)
-    try:
-        yield gateway
-    finally:
-        stop_gateway(gateway, thread)
-
-
 HIJACK = {
     "email": "mallory@evil.test",
     "phone": "+15559999999",
@@ -745,12 +736,12 @@ HIJACK = {
 async def test_destination_params_in_a_send_request_do_not_redirect_the_code(
     make_core: CoreFactory,
     outbox: Outbox,
-    sms_gateway: Gateway,
+    gateway: Gateway,
     channel: str,
     where: str,
 ) -> None:
     """Item 86: the code goes only to the profile's address, on the path's channel."""
-    core = make_core(sms_sender=WebhookSmsSender(sms_gateway.url))
+    core = make_core(sms_sender=WebhookSmsSender(gateway.url))
     other = {"email": "sms", "sms": "email"}[channel]
     client = Client(core, outbox, identity=ALICE)
     fields: dict[str, str] = {}
@@ -765,7 +756,7 @@ async def test_destination_params_in_a_send_request_do_not_redirect_the_code(
 
     assert sent.status == 200, sent.body
     emails = [r.rcpt_tos for r in outbox.server.received]
-    sms = [r.json["to"] for r in sms_gateway.requests if r.json]
+    sms = [r.json["to"] for r in gateway.requests if r.json]
     if channel == "email":
         assert (emails, sms) == ([("alice@acme.test",)], [])
     else:

@@ -27,16 +27,6 @@ def smtp_server() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
-def gateway() -> Iterator[Gateway]:
-    """Plain-http gateway on 127.0.0.1 (allowed: loopback)."""
-    gw, thread = start_gateway(None)
-    try:
-        yield gw
-    finally:
-        stop_gateway(gw, thread)
-
-
-@pytest.fixture
 def tls_gateway(local_ca: LocalCA) -> Iterator[Gateway]:
     """https gateway on 127.0.0.1 with a certificate from the test CA."""
     gw, thread = start_gateway(local_ca.server_context("localhost", "127.0.0.1"))
