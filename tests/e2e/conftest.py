@@ -30,7 +30,7 @@ import pytest
 from tests.support.live_server import LiveServer
 from tests.support.live_wsgi_server import LiveWSGIServer
 from tests.support.redis_server import RedisServer
-from tests.support.sms_gateway import Gateway, start_gateway, stop_gateway
+from tests.support.sms_gateway import Gateway
 from tests.support.smtp_server import SmtpServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -239,12 +239,9 @@ def smtp() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
-def sms() -> Iterator[Gateway]:
-    gateway, thread = start_gateway(None)
-    try:
-        yield gateway
-    finally:
-        stop_gateway(gateway, thread)
+def sms(gateway: Gateway) -> Gateway:
+    """The demo's SMS webhook target: the shared gateway fixture."""
+    return gateway
 
 
 def demo_env(redis_url: str, smtp: SmtpServer, sms: Gateway) -> dict[str, str]:
